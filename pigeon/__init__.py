@@ -1,0 +1,16 @@
+"""pigeon: image classification in one command.
+
+    import pigeon
+    run = pigeon.train(data="fashion-mnist", model="pigeon-n", epochs=10)
+    clf = pigeon.load(run.best)
+    clf.predict("shoe.png").label
+"""
+
+__version__ = "0.1.0"
+
+from pigeon.api import load, predict, train, val  # noqa: E402
+from pigeon.errors import CheckpointError, ConfigError, DatasetError, ExportError, PigeonError  # noqa: E402
+from pigeon.models import list_models  # noqa: E402
+
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "PigeonError", "__version__",
+           "list_models", "load", "predict", "train", "val"]

@@ -1,0 +1,3 @@
+from pigeon.cli import entry
+
+entry()

@@ -1,0 +1,98 @@
+"""The verbs, as Python functions: train, val, predict, load. The CLI calls exactly these."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pigeon.config import PredictConfig, TrainConfig, build
+from pigeon.engine.predict import Classifier, Prediction
+from pigeon.engine.train import TrainResult, make_run_dir
+from pigeon.engine.train import train as _train
+from pigeon.errors import CheckpointError, DatasetError
+
+
+def train(data: str, **options: Any) -> TrainResult:
+    """Train a classifier; see `TrainConfig` (or `pigeon train --help`) for every option.
+
+    Args:
+        data: a folder of class subfolders (optionally split into train/val/test) or a built-in
+            dataset name: "fashion-mnist", "digits".
+        **options: model="pigeon-n", epochs=10, batch=128, imgsz=..., lr=..., device="auto", ...
+    Returns:
+        TrainResult with the run directory, the best/last weights and validation/test reports.
+    """
+    return _train(build(TrainConfig, data=data, **options))
+
+
+def load(path: str | os.PathLike[str], device: str = "auto") -> Classifier:
+    """Load a pigeon checkpoint (.safetensors) as a Classifier ready to predict."""
+    from pigeon.engine import checkpoint
+
+    suffix = Path(path).suffix.lower()
+    if suffix in (".pt", ".pth", ".pkl", ".ckpt"):
+        raise CheckpointError(f"{path}: pigeon loads its own .safetensors checkpoints; a {suffix} file can hold "
+                              "pickled code and is never loaded here. Use runs/train/<name>/weights/best.safetensors")
+    model, meta = checkpoint.load_model(path)
+    return Classifier(model, meta, device=device)
+
+
+def _classifier(model: str | os.PathLike[str] | Classifier, device: str) -> Classifier:
+    return model if isinstance(model, Classifier) else load(model, device=device)
+
+
+def predict(model: str | os.PathLike[str] | Classifier, source: Any, top_k: int = 5, batch: int = 64,
+            device: str = "auto") -> Prediction | list[Prediction]:
+    """Predict with a checkpoint (or a loaded Classifier) on files, folders, globs, images or arrays."""
+    cfg = build(PredictConfig, top_k=top_k, batch=batch, device=device)
+    return _classifier(model, cfg.device).predict(source, top_k=cfg.top_k, batch=cfg.batch)
+
+
+def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None = None, batch: int = 256,
+        device: str = "auto", cache_dir: str | None = None, project: str | None = "runs/val",
+        name: str | None = None, plots: bool = True, verbose: bool = True) -> dict[str, Any]:
+    """Measure a model on a dataset split (default: val, else test, else the whole folder).
+
+    Returns the report: top1, top5, macro_f1, loss, per_class, confusion. With `project` set it also
+    writes report.json and confusion_matrix.png into project/name.
+    """
+    from pigeon.data import load_dataset
+    from pigeon.engine.evaluate import evaluate
+    from pigeon.io import write_json
+    from pigeon.metrics import format_report
+
+    clf = _classifier(model, device)
+    spec = clf.preprocess
+    ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize, cache_dir=cache_dir,
+                      verbose=verbose)
+    if split is None:
+        split = next(s for s in ("val", "test", "train") if s in ds.splits)
+    if split not in ds.splits:
+        raise DatasetError(f"{data} has no {split!r} split; it has {', '.join(ds.splits)}")
+    unknown = sorted(set(ds.classes) - set(clf.classes))
+    if unknown:
+        raise DatasetError(f"{data}: classes {unknown} are not among the model's classes "
+                           f"{list(clf.classes)}; validate on data with the classes the model was trained on")
+    # Map the dataset's label indices to the model's by class name: folder order need not match.
+    to_model = np.array([clf.classes.index(c) for c in ds.classes], dtype=np.int64)
+    part = ds.splits[split]
+    report, _ = evaluate(clf.model, part.images, to_model[part.labels], list(clf.classes), spec, clf.device,
+                         batch=batch, amp=clf._amp)
+    report["split"] = split
+    report["data"] = str(data)
+    if verbose:
+        print(format_report(report))
+    if project:
+        run_dir = make_run_dir(project, name or f"{clf.meta.get('model', 'model')}-{Path(str(data)).name}", False)
+        write_json(run_dir / "report.json", report)
+        if plots:
+            from pigeon.plots import plot_confusion
+
+            plot_confusion(np.asarray(report["confusion"]), list(clf.classes), run_dir / "confusion_matrix.png")
+        report["run_dir"] = str(run_dir)
+        if verbose:
+            print(f"report written to {run_dir}")
+    return report

@@ -1,0 +1,201 @@
+"""`pigeon <verb> [options]`: a thin shell over pigeon.api. Options map one-to-one onto the API's names."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import io
+import json
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pigeon.config import OPTIMIZERS, RESIZE_MODES, SCHEDULES, SELECT_METRICS, AMP_MODES, TrainConfig
+from pigeon.errors import ConfigError, PigeonError, did_you_mean
+
+TRAIN_HELP = {
+    "data": "image folder (root/{train,val,test}/<class>/...) or built-in: fashion-mnist, digits",
+    "model": "model name (see `pigeon models`)",
+    "epochs": "passes over the training data",
+    "batch": "images per training step",
+    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist), 64 for folders",
+    "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
+    "resize": "crop: shorter side to imgsz then centre crop; pad: letterbox; stretch: ignore aspect",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
+    "lr": "peak learning rate; default 0.2*batch/256 (sgd) or 2e-3*batch/256 (adamw)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay on conv/linear weights; default 5e-4 (sgd) or 0.05 (adamw)",
+    "schedule": "onecycle (linear warmup, linear decay) or cosine (linear warmup, cosine decay)",
+    "warmup_epochs": "epochs of linear learning-rate warmup",
+    "label_smoothing": "label smoothing of the cross-entropy target",
+    "ema": "evaluate and save an exponential moving average of the weights",
+    "ema_decay": "EMA decay per step; default: a horizon of a tenth of the run",
+    "amp": "mixed precision: auto (bf16 where the CPU/GPU supports it), off, bf16, fp16 (GPU)",
+    "channels_last": "channels-last memory format (default on, except on mps)",
+    "grad_clip": "clip the gradient norm to this value (0 = off)",
+    "fliplr": "horizontal flip probability; default 0.5 (0 for digits)",
+    "translate": "random shift in pixels (pad and crop); default imgsz/10",
+    "resized_crop": "random resized crop; default on for imgsz >= 64",
+    "erase": "random erasing probability",
+    "val_fraction": "fraction of train held out for validation when the data has no val split (0 = none)",
+    "select": "metric that picks the best epoch on val: top1, macro_f1 or loss",
+    "patience": "stop after this many epochs without improvement on val (0 = never)",
+    "seed": "random seed: the same seed gives the same run on the CPU",
+    "deterministic": "use only deterministic algorithms (slower on GPU)",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "threads": "CPU threads for PyTorch (default: PyTorch's choice)",
+    "cache_dir": "where decoded images are cached (default $PIGEON_CACHE_DIR or ~/.cache/pigeon)",
+    "project": "parent folder of run folders",
+    "name": "run folder name (default <model>-<data>, numbered if taken)",
+    "exist_ok": "reuse an existing run folder instead of numbering a new one",
+    "plots": "write PNG plots (curves, confusion matrix, predictions)",
+    "verbose": "print progress and results",
+}
+CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "resize": RESIZE_MODES,
+           "select": SELECT_METRICS}
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+        default = None if f.default is dataclasses.MISSING else f.default
+        text = helps.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        if base[0] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            parser.add_argument(flag, type=base[0], default=default, required=f.default is dataclasses.MISSING,
+                                choices=CHOICES.get(f.name), help=text, metavar=None if f.name in CHOICES
+                                else f.name.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pigeon", description="Image classification: train, val, predict.",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,models}")
+    verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
+
+    p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
+                         description="Train a classifier. Every option is also a keyword of pigeon.train().")
+    _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+
+    p = verbs.add_parser("val", help="measure a trained model on a dataset",
+                         description="Top-1/top-5, per-class precision/recall/F1 and the confusion matrix.")
+    p.add_argument("--model", required=True, help="checkpoint: runs/train/<name>/weights/best.safetensors")
+    p.add_argument("--data", required=True, help="image folder or built-in dataset name")
+    p.add_argument("--split", help="split to measure (default: val, else test, else the whole folder)")
+    p.add_argument("--batch", type=int, default=256, help="images per batch (default: 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--cache-dir", help="where decoded images are cached")
+    p.add_argument("--project", default="runs/val", help="parent folder for the report (default: runs/val)")
+    p.add_argument("--name", help="report folder name")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the confusion matrix PNG")
+
+    p = verbs.add_parser("predict", help="predict classes of images",
+                         description="Predict on image files, folders or glob patterns (quote globs).")
+    p.add_argument("--model", required=True, help="checkpoint: runs/train/<name>/weights/best.safetensors")
+    p.add_argument("--source", required=True, nargs="+", help="image file(s), folder(s) or \"glob/*.png\"")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to report per image (default: 5)")
+    p.add_argument("--batch", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--save-json", metavar="PATH", help="write all predictions to this JSON file")
+    p.add_argument("--save-csv", metavar="PATH", help="write all predictions to this CSV file")
+
+    verbs.add_parser("models", help="list the available model names")
+    return parser
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = parser._subparsers._group_actions[0].choices.get(args.verb) if args.verb else parser  # type: ignore[union-attr]
+        known = [s for a in sub._actions for s in a.option_strings]
+        bad = next(u for u in unknown if u.startswith("-")) if any(u.startswith("-") for u in unknown) else unknown[0]
+        raise ConfigError(f"unknown option {bad.split('=')[0]}{did_you_mean(bad.split('=')[0], known)}; "
+                          f"see `pigeon {args.verb or ''} --help`".replace("  ", " "))
+    return args
+
+
+def _print_predictions(preds: list[Any], top_k: int) -> None:
+    for p in preds:
+        if not p.ok:
+            print(f"{p.source}: ERROR {p.error}")
+            continue
+        alts = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[1:top_k])
+        print(f"{p.source}: {p.label} ({p.top1_conf:.1%})" + (f"  [{alts}]" if alts else ""))
+
+
+def _write_predictions(preds: list[Any], json_path: str | None, csv_path: str | None) -> None:
+    from pigeon.io import atomic_write_text, write_json
+
+    if json_path:
+        write_json(json_path, [p.to_dict() for p in preds])
+    if csv_path:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["source", "label", "confidence", "top_k", "error"])
+        for p in preds:
+            d = p.to_dict()
+            top = ";".join(f"{t['label']}:{t['prob']:.6f}" for t in d.get("top_k", []))
+            writer.writerow([p.source, d.get("label", ""), d.get("confidence", ""), top, d.get("error", "") or ""])
+        atomic_write_text(csv_path, buf.getvalue())
+
+
+def run(args: argparse.Namespace) -> int:
+    import pigeon
+
+    if args.verb == "train":
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        result = pigeon.train(**options)
+        head = result.headline
+        print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best),
+                          "test_top1": result.test and result.test["top1"],
+                          "val_top1": result.val and result.val["top1"], "seconds": round(result.seconds, 1)}))
+        return 0 if head is None or head["n"] > 0 else 1
+    if args.verb == "val":
+        pigeon.val(args.model, args.data, split=args.split, batch=args.batch, device=args.device,
+                   cache_dir=args.cache_dir, project=args.project, name=args.name, plots=args.plots)
+        return 0
+    if args.verb == "predict":
+        preds = pigeon.predict(args.model, list(args.source), top_k=args.top_k, batch=args.batch,
+                               device=args.device)
+        preds = preds if isinstance(preds, list) else [preds]
+        _print_predictions(preds, args.top_k)
+        _write_predictions(preds, args.save_json, args.save_csv)
+        return 0 if all(p.ok for p in preds) else 1
+    if args.verb == "models":
+        for name in pigeon.list_models():
+            print(name)
+        return 0
+    raise AssertionError(args.verb)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = _refuse_unknown(parser, list(sys.argv[1:] if argv is None else argv))
+        if args.version:
+            from pigeon import __version__
+
+            print(f"pigeon {__version__}")
+            return 0
+        if not args.verb:
+            parser.print_help()
+            return 2
+        return run(args)
+    except PigeonError as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Frozen run configurations, validated where input arrives (CLI or Python keyword arguments)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from pigeon.errors import ConfigError, did_you_mean
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+RESIZE_MODES = ("crop", "pad", "stretch")
+SELECT_METRICS = ("top1", "macro_f1", "loss")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}"
+                          f"{did_you_mean(str(value), choices)}")
+
+
+def _check_range(name: str, value: float | None, lo: float, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    if value is None:
+        return
+    too_low = value <= lo if lo_open else value < lo
+    if too_low or (hi is not None and value > hi):
+        bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ConfigError(f"{name}={value!r} is out of range; it must be {bounds}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. `None` means "choose from the data or model"."""
+
+    data: str
+    model: str = "pigeon-n"
+    epochs: int = 10
+    batch: int = 128
+    imgsz: int | None = None
+    channels: int | None = None
+    resize: str = "crop"
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float | None = None
+    amp: str = "auto"
+    channels_last: bool | None = None
+    grad_clip: float = 0.0
+    fliplr: float | None = None
+    translate: int | None = None
+    resized_crop: bool | None = None
+    erase: float = 0.0
+    val_fraction: float = 0.1
+    select: str = "top1"
+    patience: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    cache_dir: str | None = None
+    project: str = "runs/train"
+    name: str | None = None
+    exist_ok: bool = False
+    plots: bool = True
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("data is required: a folder of images or a built-in name (fashion-mnist, digits)")
+        _check_range("epochs", self.epochs, 1)
+        _check_range("batch", self.batch, 1)
+        _check_range("imgsz", self.imgsz, 8, 1024)
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels={self.channels!r} is not valid; choose 1, 3 or leave it unset (auto)")
+        _check_choice("resize", self.resize, RESIZE_MODES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("select", self.select, SELECT_METRICS)
+        _check_range("lr", self.lr, 0.0, lo_open=True)
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0)
+        _check_range("warmup_epochs", self.warmup_epochs, 0.0)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        _check_range("grad_clip", self.grad_clip, 0.0)
+        _check_range("fliplr", self.fliplr, 0.0, 1.0)
+        _check_range("translate", self.translate, 0)
+        _check_range("erase", self.erase, 0.0, 1.0)
+        _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_range("patience", self.patience, 0)
+        _check_range("threads", self.threads, 1)
+        if self.patience and self.val_fraction == 0:
+            raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 "
+                              "(or give the dataset a val/ folder), or drop patience")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    top_k: int = 5
+    batch: int = 64
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_range("top_k", self.top_k, 1)
+        _check_range("batch", self.batch, 1)
+
+
+C = TypeVar("C")
+
+
+def build(cls: type[C], **options: Any) -> C:
+    """Make a config from keyword options, refusing unknown ones with the closest valid name."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, known)}; "
+                              f"valid options: {', '.join(sorted(known))}")
+    try:
+        return cls(**options)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(str(err)) from None
+

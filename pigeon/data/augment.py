@@ -1,0 +1,188 @@
+"""Batched, on-device augmentation as pure functions.
+
+Each op comes as a pair: `*_params(n, ..., generator, device)` draws every random number from an explicit
+CPU generator, and a kernel `op(x, params)` does the arithmetic. Kernels take [N, C, H, W] uint8 or float
+images, never write to their input, keep dtype and device, accept N=0, and treat each sample exactly as if
+it were processed alone with its slice of the params. Splitting the two makes runs reproducible on any
+device and lets tests drive the kernels with hand-made params.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pigeon.errors import ConfigError
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def flip_params(n: int, p: float, generator: torch.Generator, device: torch.device | str) -> Tensor:
+    """Bool mask [N]: which samples to mirror left-right."""
+    return (torch.rand(n, generator=generator) < p).to(device)
+
+
+def flip_lr(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def translate_params(
+    n: int, max_shift: int, generator: torch.Generator, device: torch.device | str
+) -> Tensor:
+    """Int shifts [N, 2] as (dy, dx), each uniform in [-max_shift, max_shift]."""
+    return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).to(device)
+
+
+def translate(x: Tensor, shifts: Tensor) -> Tensor:
+    """Move each image down by dy and right by dx; the uncovered area is zero (RandomCrop with padding)."""
+    n, c, h, w = x.shape
+    rows = torch.arange(h, device=x.device) - shifts[:, :1]  # [N, H]: source row of each output row
+    cols = torch.arange(w, device=x.device) - shifts[:, 1:]  # [N, W]
+    # Gather with clamped indices, then zero whatever came from outside the source image.
+    out = x.gather(2, rows.clamp(0, h - 1)[:, None, :, None].expand(n, c, h, w))
+    out = out.gather(3, cols.clamp(0, w - 1)[:, None, None, :].expand(n, c, h, w))
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    return out.masked_fill(~inside[:, None], 0)
+
+
+def resized_crop_params(
+    n: int,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> Tensor:
+    """Float boxes [N, 4] as (cy, cx, h, w) in normalised [0, 1] image coordinates.
+
+    The area h*w is uniform in `scale`; w/h (in normalised units, so the pixel aspect ratio on square
+    images) is log-uniform in `ratio`, then pulled into [area, 1/area] so that both sides fit in the image
+    without changing the area.
+    """
+    area = _uniform(n, scale[0], scale[1], generator)
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator)
+    log_r = torch.maximum(torch.minimum(log_r, -area.log()), area.log())
+    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
+    cy = h / 2 + (1 - h) * torch.rand(n, generator=generator)
+    cx = w / 2 + (1 - w) * torch.rand(n, generator=generator)
+    return torch.stack([cy, cx, h, w], dim=1).to(device)
+
+
+def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
+    """Resample each box of `boxes` (cy, cx, h, w) back to the full H x W with bilinear interpolation."""
+    n, _, h, w = x.shape
+    compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    boxes = boxes.to(compute)
+    # grid_sample's coordinates run from -1 to 1 across the whole image (align_corners=False: from the outer
+    # edge of the first pixel to that of the last), so an output pixel centre u maps to centre + size * u.
+    # The grid is the per-sample affine map without rotation; affine_grid itself refuses N=0.
+    ys = (2 * torch.arange(h, device=x.device, dtype=compute) + 1) / h - 1
+    xs = (2 * torch.arange(w, device=x.device, dtype=compute) + 1) / w - 1
+    cy, cx, bh, bw = (col[:, None, None] for col in boxes.unbind(1))
+    grid_y = ((2 * cy - 1) + bh * ys[None, :, None]).expand(n, h, w)
+    grid_x = ((2 * cx - 1) + bw * xs[None, None, :]).expand(n, h, w)
+    grid = torch.stack([grid_x, grid_y], dim=-1)
+    # Border padding: a box touching the edge samples half a pixel beyond it, which should repeat the edge.
+    out = F.grid_sample(x.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if x.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
+def erase_params(
+    n: int,
+    p: float,
+    scale: tuple[float, float] = (0.02, 0.25),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    *,
+    h: int,
+    w: int,
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> Tensor:
+    """Int boxes [N, 4] as (y0, x0, y1, x1), end-exclusive; samples not erased get the empty box 0,0,0,0.
+
+    With probability p a box covers a fraction of the image uniform in `scale`, with width/height
+    log-uniform in `ratio`; sides are rounded and clipped to the image.
+    """
+    erased = torch.rand(n, generator=generator) < p
+    area = _uniform(n, scale[0], scale[1], generator) * (h * w)
+    r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator).exp()
+    bh = (area / r).sqrt().round().long().clamp(1, h)
+    bw = (area * r).sqrt().round().long().clamp(1, w)
+    y0 = (torch.rand(n, generator=generator) * (h - bh + 1)).long()
+    x0 = (torch.rand(n, generator=generator) * (w - bw + 1)).long()
+    boxes = torch.stack([y0, x0, y0 + bh, x0 + bw], dim=1)
+    return (boxes * erased[:, None]).to(device)
+
+
+def erase(x: Tensor, boxes: Tensor, value: float = 0) -> Tensor:
+    """Set the region y0 <= y < y1, x0 <= x < x1 of each image (all channels) to `value`."""
+    _, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device)
+    xs = torch.arange(w, device=x.device)
+    in_rows = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # [N, H]
+    in_cols = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # [N, W]
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(mask, value)
+
+
+def _check_probability(name: str, p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"augment.{name}={p!r} is not a probability; use a value in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The training-time pipeline: (resized crop, translate), flip, erase, always in that order.
+
+    `resized_crop` suits larger images; `translate` (pixels of pad-and-crop) suits small ones. When both are
+    on, both are applied: the crop first, then the shift.
+    """
+
+    flip: float = 0.5
+    translate: int = 2
+    resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    erase: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_probability("flip", self.flip)
+        _check_probability("erase", self.erase)
+        if isinstance(self.translate, bool) or not isinstance(self.translate, int) or self.translate < 0:
+            raise ConfigError(
+                f"augment.translate={self.translate!r} is not valid; use a whole number of pixels >= 0"
+            )
+        scale = tuple(self.crop_scale)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError(
+                f"augment.crop_scale={self.crop_scale!r} is not valid; use (a, b) with 0 < a <= b <= 1"
+            )
+        # A list from a config file is accepted; store the tuple so the dataclass stays hashable.
+        object.__setattr__(self, "crop_scale", scale)
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, h, w = x.shape
+        dev = x.device
+        # Draw everything before computing anything, so the random stream depends only on the config and N.
+        crop = self.resized_crop
+        boxes = resized_crop_params(n, self.crop_scale, generator=generator, device=dev) if crop else None
+        shifts = translate_params(n, self.translate, generator, dev) if self.translate else None
+        mask = flip_params(n, self.flip, generator, dev) if self.flip else None
+        holes = erase_params(n, self.erase, h=h, w=w, generator=generator, device=dev) if self.erase else None
+        if boxes is not None:
+            x = resized_crop(x, boxes)
+        if shifts is not None:
+            x = translate(x, shifts)
+        if mask is not None:
+            x = flip_lr(x, mask)
+        if holes is not None:
+            x = erase(x, holes)
+        return x

@@ -1,0 +1,73 @@
+"""Decode once: uint8 arrays kept as .npy files in a cache directory, never beside the user's images.
+
+An entry is a folder named by a fingerprint of its inputs (file list, sizes, mtimes, preprocessing), so
+changed data gets a new entry and unchanged data is memory-mapped straight back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("PIGEON_CACHE_DIR"):
+        return Path(os.environ["PIGEON_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pigeon"
+
+
+def fingerprint(parts: Iterable[Any]) -> str:
+    digest = hashlib.sha256(f"pigeon-cache-v{CACHE_VERSION}".encode())
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+def load(root: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    entry = root / key
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in meta["arrays"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    return arrays, meta
+
+
+Builder = Callable[[Path], tuple[list[str], dict[str, Any]]]
+
+
+def load_or_build(root: Path, key: str, build: Builder) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
+    """Return (arrays, meta, reused). `build(tmpdir)` writes <name>.npy files, returns (names, meta)."""
+    found = load(root, key)
+    if found is not None:
+        return found[0], found[1], True
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        names, meta = build(tmp)
+        meta = {**meta, "arrays": names, "cache_version": CACHE_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, root / key)
+        except OSError:  # another process finished the same entry first: use theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = load(root, key)
+    if found is None:
+        raise OSError(f"could not read back the cache entry {root / key}")
+    return found[0], found[1], False

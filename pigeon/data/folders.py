@@ -1,0 +1,156 @@
+"""Image folders: root/{train,val,test}/<class>/**/<image>, or root/<class>/** for a train split alone."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pigeon.data import cache
+from pigeon.data.dataset import Dataset, Split, channel_stats
+from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, image_to_array, is_grayscale, open_image
+from pigeon.errors import DatasetError
+from pigeon.progress import progress
+
+SPLITS = ("train", "val", "test")
+
+
+def _list_files(class_dir: Path) -> list[Path]:
+    # os.walk without following links: a symlink loop cannot trap the scan.
+    found = []
+    for top, dirs, files in os.walk(class_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(top) / f for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]], list[tuple[str, str]]]:
+    """Find classes and files per split; returns (classes, {split: [(path, label)]}, skipped)."""
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder; give a folder of class subfolders or a built-in "
+                           "dataset name (fashion-mnist, digits)")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder; give the folder that holds train/ "
+                           "(or the class subfolders)")
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if "train" not in split_dirs:
+        if split_dirs:
+            raise DatasetError(f"{root} has {'/'.join(split_dirs)}/ but no train/ folder; add train/<class>/...")
+        split_dirs = {"train": root}
+    classes = tuple(p.name for p in _class_dirs(split_dirs["train"]))
+    if not classes:
+        raise DatasetError(f"{split_dirs['train']} has no class subfolders; put the images of each class in "
+                           "their own folder, e.g. train/cat/1.jpg, train/dog/2.jpg")
+    if len(classes) < 2:
+        raise DatasetError(f"{split_dirs['train']} has a single class ({classes[0]!r}); a classifier needs at "
+                           "least two class folders")
+    files: dict[str, list[tuple[Path, int]]] = {}
+    skipped: list[tuple[str, str]] = []
+    for split, split_dir in split_dirs.items():
+        names = tuple(p.name for p in _class_dirs(split_dir))
+        if names != classes:
+            missing = sorted(set(classes) - set(names))
+            extra = sorted(set(names) - set(classes))
+            raise DatasetError(f"{split_dir}: classes differ from train/ (missing: {missing or 'none'}, "
+                               f"extra: {extra or 'none'}); make both folders hold the same class folders")
+        files[split] = []
+        for label, name in enumerate(classes):
+            images = []
+            for path in _list_files(split_dir / name):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    images.append((path, label))
+                else:
+                    skipped.append((str(path), f"not an image file (extension {path.suffix or 'none'})"))
+            if not images:
+                raise DatasetError(f"{split_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))});"
+                                   " add images to it or remove the empty folder")
+            files[split].extend(images)
+    return classes, files, skipped
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _decode(path: Path, imgsz: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
+    if _stat(path)[0] == 0:
+        return None, False, "empty file (0 bytes)"
+    try:
+        img = open_image(path)
+        return image_to_array(img, imgsz, 3, resize), is_grayscale(img), ""
+    except Exception as err:  # noqa: BLE001 - any decoder failure means: skip this file and say why
+        return None, False, f"cannot be decoded ({type(err).__name__}: {err})"
+
+
+def _build(tmp: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,
+           resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
+    names: list[str] = []
+    meta: dict[str, Any] = {"skipped": [], "paths": {}, "all_gray": True}
+    total = sum(len(v) for v in files.values())
+    bar = progress(total=total, desc="decoding images (once; cached)", unit="img", enabled=verbose)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
+        for split, items in files.items():
+            out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+", dtype=np.uint8,
+                                            shape=(len(items), 3, imgsz, imgsz))
+            labels, paths, n = [], [], 0
+            for (path, label), (arr, gray, why) in zip(
+                    items, pool.map(lambda it: _decode(it[0], imgsz, resize), items, chunksize=16)):
+                bar.update(1)
+                if arr is None:
+                    meta["skipped"].append((str(path), why))
+                    continue
+                out[n] = arr
+                n += 1
+                labels.append(label)
+                paths.append(str(path))
+                meta["all_gray"] &= gray
+            out.flush()
+            meta["paths"][split] = paths
+            np.save(tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
+            meta[f"{split}_n"] = n
+    bar.close()
+    keep = channels or (1 if meta["all_gray"] else 3)
+    for split in files:
+        rgb = np.load(tmp / f"{split}_rgb.npy", mmap_mode="r")[: meta[f"{split}_n"]]
+        np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(rgb[:, :1] if keep == 1 else rgb))
+        del rgb
+        (tmp / f"{split}_rgb.npy").unlink()
+        names += [f"{split}_images", f"{split}_labels"]
+    meta["channels"] = keep
+    return names, meta
+
+
+def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | None, resize: str,
+                cache_dir: str | None, verbose: bool = True) -> Dataset:
+    root = Path(root).expanduser()
+    classes, files, skipped = scan(root)
+    listing = [(s, str(p.relative_to(root)), lbl, *_stat(p)) for s, items in files.items() for p, lbl in items]
+    key = cache.fingerprint(["folder", classes, listing, imgsz, channels, resize])
+    arrays, meta, _ = cache.load_or_build(
+        cache.cache_root(cache_dir), key, lambda tmp: _build(tmp, files, imgsz, channels, resize, verbose))
+    skipped += [tuple(s) for s in meta["skipped"]]  # type: ignore[misc]
+    splits = {}
+    for split in files:
+        labels = np.asarray(arrays[f"{split}_labels"])
+        if len(labels) == 0:
+            raise DatasetError(f"{root / split}: none of its images could be decoded; see the skipped list")
+        missing = [c for i, c in enumerate(classes) if not (labels == i).any()]
+        if missing:
+            raise DatasetError(f"{root / split}: class folder(s) {missing} have no readable image after "
+                               "skipping bad files; add images or remove the folder(s)")
+        splits[split] = Split(arrays[f"{split}_images"], labels, tuple(meta["paths"][split]))
+    mean, std = channel_stats(splits["train"].images)
+    spec = Preprocess(imgsz=imgsz, channels=meta["channels"], resize=resize, mean=mean, std=std)
+    return Dataset(name=root.name, classes=classes, splits=splits, preprocess=spec, fingerprint=key,
+                   skipped=tuple(skipped))  # type: ignore[arg-type]

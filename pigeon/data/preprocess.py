@@ -1,0 +1,154 @@
+"""The one preprocessing contract shared by the cache, training, validation and prediction.
+
+decode -> EXIF orientation -> colour mode (L or RGB) -> resize to imgsz x imgsz -> uint8 [C, H, W];
+then, on the device, normalize(x) = (x / 255 - mean) / std.  Every checkpoint records these settings.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pigeon.errors import ConfigError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# Transparent pixels are composited onto white: the colour a transparent PNG shows on a page.
+BACKGROUND = 255
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    imgsz: int
+    channels: int
+    resize: str = "crop"  # crop: shorter side to imgsz, centre crop; pad: longer side, pad; stretch
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3) or len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"preprocess needs 1 or 3 channels with one mean/std each, got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(imgsz=int(d["imgsz"]), channels=int(d["channels"]), resize=str(d["resize"]),
+                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
+
+
+def open_image(source: Any) -> Any:
+    """Decode a path, bytes or PIL image fully; raise OSError/ValueError on anything unreadable."""
+    from PIL import Image, ImageOps
+
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if isinstance(source, (bytes, bytearray)):
+            source = io.BytesIO(source)
+        elif not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"cannot read an image from {type(source).__name__}")
+        with warnings.catch_warnings():
+            # An image declaring a huge size is a decompression bomb: refuse it instead of warning.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                opened.seek(0)  # animated images: the first frame
+                opened.load()
+                img = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
+    return ImageOps.exif_transpose(img)
+
+
+def to_standard_mode(img: Any) -> Any:
+    """Map every PIL mode to 'L' (grayscale) or 'RGB', the same way every time."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit sources use the full 0..65535 range; 32-bit and float images are scaled by their range.
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if mode == "F":
+            top = max(float(arr.max(initial=0)), 1.0)
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (BACKGROUND,) * 4)
+        canvas.alpha_composite(rgba)
+        return canvas.convert("L" if mode in ("LA", "La") else "RGB")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def is_grayscale(img: Any) -> bool:
+    return to_standard_mode(img).mode == "L"
+
+
+def resize_square(img: Any, imgsz: int, mode: str) -> Any:
+    from PIL import Image
+
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    if (w, h) == (imgsz, imgsz):
+        return img
+    if mode == "stretch":
+        return img.resize((imgsz, imgsz), Image.BILINEAR)
+    scale = imgsz / (min(w, h) if mode == "crop" else max(w, h))
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    if mode == "crop":
+        left, top = (nw - imgsz) // 2, (nh - imgsz) // 2
+        return img.crop((left, top, left + imgsz, top + imgsz))
+    canvas = Image.new(img.mode, (imgsz, imgsz), 0)
+    canvas.paste(img, ((imgsz - nw) // 2, (imgsz - nh) // 2))
+    return canvas
+
+
+def image_to_array(img: Any, imgsz: int, channels: int, resize: str) -> np.ndarray:
+    """A decoded PIL image -> uint8 array [channels, imgsz, imgsz]."""
+    img = to_standard_mode(img)
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(resize_square(img, imgsz, resize), dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarray:
+    """A user's array (HW, HWC or CHW; uint8 0..255 or float 0..1) -> uint8 [C, imgsz, imgsz]."""
+    from PIL import Image
+
+    a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # CHW -> HWC
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.size == 0:
+        raise ValueError(f"array of shape {tuple(a.shape)} is not an image; "
+                         "give HxW, HxWx1/3/4 or 1/3/4xHxW")
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"array dtype {a.dtype} is not an image; give uint8 0..255 or float 0..1")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("array holds NaN or infinite values")
+        a = np.clip(a, 0.0, 1.0) * 255.0
+    a = np.clip(a, 0, 255).round().astype(np.uint8)
+    mode = "L" if a.ndim == 2 else ("RGB" if a.shape[-1] == 3 else "RGBA")
+    return image_to_array(Image.fromarray(a, mode), spec.imgsz, spec.channels, spec.resize)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float, on whatever device x lives; mean/std are [C] tensors there."""
+    return (x.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

@@ -1,0 +1,47 @@
+"""Batched inference over uint8 arrays and the validation report built on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pigeon.data.preprocess import Preprocess, normalize
+from pigeon.engine.device import autocast
+from pigeon.metrics import classification_report
+
+
+@torch.no_grad()
+def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Preprocess, device: torch.device,
+               batch: int = 512, amp: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 logits [N, K] on the CPU."""
+    was_training = model.training
+    model.eval()
+    mean = torch.tensor(spec.mean, device=device)
+    std = torch.tensor(spec.std, device=device)
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        x = (chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk)))
+        x = normalize(x.to(device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, getattr(model, "num_classes", 0))
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, classes: list[str],
+             spec: Preprocess, device: torch.device, **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """Top-1/top-5, per-class precision/recall/F1, confusion matrix and mean cross-entropy; plus the logits."""
+    logits = logits_for(model, images, spec, device, **kw)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    report = classification_report(logits, targets, list(classes))
+    report["loss"] = float(F.cross_entropy(logits, targets))
+    return report, logits

@@ -1,0 +1,159 @@
+"""Prediction: a loaded classifier that takes files, folders, globs, PIL images, arrays or tensors."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
+from pigeon.engine.device import amp_dtype, select_device
+from pigeon.engine.evaluate import logits_for
+from pigeon.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. `error` is set (and the rest empty) when the image could not be read."""
+
+    source: str
+    classes: tuple[str, ...] = field(repr=False)
+    probs: np.ndarray | None = field(default=None, repr=False)
+    top_k: int = 5
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def top5(self) -> list[int]:
+        """Class indices of the (up to) top_k most probable classes, best first."""
+        return [] if self.probs is None else [int(i) for i in np.argsort(-self.probs, kind="stable")[:self.top_k]]
+
+    @property
+    def top1(self) -> int | None:
+        return self.top5[0] if self.probs is not None else None
+
+    @property
+    def top1_conf(self) -> float | None:
+        return float(self.probs[self.top1]) if self.probs is not None and self.top1 is not None else None
+
+    @property
+    def label(self) -> str | None:
+        return self.classes[self.top1] if self.top1 is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.probs is None:
+            return {"source": self.source, "error": self.error}
+        return {"source": self.source, "label": self.label, "confidence": round(float(self.top1_conf or 0), 6),
+                "top_k": [{"label": self.classes[i], "index": i, "prob": round(float(self.probs[i]), 6)}
+                          for i in self.top5]}
+
+    def __repr__(self) -> str:
+        if self.error:
+            return f"Prediction(source={self.source!r}, error={self.error!r})"
+        return f"Prediction(source={self.source!r}, label={self.label!r}, conf={self.top1_conf:.4f})"
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def expand_paths(source: str | os.PathLike[str]) -> list[str]:
+    """A file, a folder (its images, recursively, sorted) or a glob pattern -> file paths."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if path.exists() or not _is_glob(text):
+        if not path.exists():
+            raise DatasetError(f"{text}: no such file or folder; give an image file, a folder or a glob pattern")
+        return [str(path)]
+    matches = sorted(m for m in glob.glob(os.path.expanduser(text), recursive=True) if os.path.isfile(m))
+    if not matches:
+        raise DatasetError(f"{text}: the pattern matches no files")
+    return matches
+
+
+def _items(source: Any) -> tuple[list[tuple[str, Any]], bool]:
+    """Flatten any accepted source into (name, item) pairs; the flag says whether one result is expected."""
+    from PIL import Image
+
+    if isinstance(source, (str, os.PathLike)):
+        paths = expand_paths(source)
+        single = len(paths) == 1 and Path(source).expanduser().is_file()
+        return [(p, p) for p in paths], single
+    if isinstance(source, Image.Image):
+        return [("<PIL image>", source)], True
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        if source.ndim == 4:  # a batch [N, C, H, W] or [N, H, W, C]
+            return [(f"<array[{i}]>", a) for i, a in enumerate(source)], False
+        return [("<array>", source)], True
+    if isinstance(source, (bytes, bytearray)):
+        return [("<bytes>", bytes(source))], True
+    if isinstance(source, Iterable):
+        items: list[tuple[str, Any]] = []
+        for element in source:
+            items.extend(_items(element)[0])
+        return items, False
+    raise DatasetError(f"cannot predict on a {type(source).__name__}; give a path, folder, glob, PIL image, "
+                       "numpy array, tensor or a list of those")
+
+
+def _to_uint8(item: Any, spec: Preprocess) -> np.ndarray:
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return array_to_uint8(item, spec)
+    return image_to_array(open_image(item), spec.imgsz, spec.channels, spec.resize)
+
+
+class Classifier:
+    """A trained model plus everything needed to use it: class names and its preprocessing."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str = "auto") -> None:
+        self.device = select_device(device)
+        self.model = model.eval().to(self.device)
+        self.meta = meta
+        self.classes: tuple[str, ...] = tuple(meta["classes"])
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self._amp = amp_dtype(self.device, "auto") if self.device.type != "cpu" else None
+
+    def __repr__(self) -> str:
+        return (f"Classifier(model={self.meta.get('model')!r}, classes={len(self.classes)}, "
+                f"imgsz={self.preprocess.imgsz}, channels={self.preprocess.channels}, device={self.device})")
+
+    def predict(self, source: Any, top_k: int = 5, batch: int = 64) -> Prediction | list[Prediction]:
+        """Predict one image (returns a Prediction) or many (returns a list, in input order)."""
+        items, single = _items(source)
+        results = list(self.iter_predict(items, top_k=top_k, batch=batch))
+        return results[0] if single and len(results) == 1 else results
+
+    def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int) -> Iterator[Prediction]:
+        top_k = max(1, min(top_k, len(self.classes)))
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            arrays: list[np.ndarray | None] = []
+            errors: list[str | None] = []
+            for _, item in chunk:
+                try:
+                    arrays.append(_to_uint8(item, self.preprocess))
+                    errors.append(None)
+                except Exception as err:  # noqa: BLE001 - one bad image becomes one error entry, not a crash
+                    arrays.append(None)
+                    errors.append(f"{type(err).__name__}: {err}")
+            good = [a for a in arrays if a is not None]
+            probs = iter(self.probabilities(np.stack(good)) if good else [])
+            for (name, _), arr, err in zip(chunk, arrays, errors):
+                yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, C, H, W] already preprocessed -> probabilities [N, K]."""
+        logits = logits_for(self.model, images, self.preprocess, self.device, amp=self._amp)
+        return logits.softmax(1).numpy()

@@ -1,0 +1,289 @@
+"""The training run: data -> model -> epochs of (augment, step, EMA) -> validation -> checkpoints and plots."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pigeon.config import TrainConfig
+from pigeon.data import Dataset, load_dataset, with_validation
+from pigeon.data.augment import Augment
+from pigeon.data.preprocess import normalize
+from pigeon.engine import checkpoint
+from pigeon.engine.device import amp_dtype, autocast, select_device
+from pigeon.engine.ema import EMA
+from pigeon.engine.evaluate import evaluate
+from pigeon.engine.schedule import ema_decay_for, lr_at
+from pigeon.io import atomic_path, atomic_write_text, write_json
+from pigeon.metrics import format_report
+from pigeon.models import MODELS, create_model
+from pigeon.progress import progress
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    config: TrainConfig
+    val: dict[str, Any] | None  # report of the selected model on the validation split
+    test: dict[str, Any] | None  # report of the selected model on the test split
+    epochs: int
+    seconds: float
+
+    @property
+    def headline(self) -> dict[str, Any] | None:
+        return self.test or self.val
+
+
+def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
+    """Fill every "choose for me" (None/auto) option from the data and device; the result is what runs."""
+    spec = ds.preprocess
+    lr = cfg.lr or (0.2 * cfg.batch / 256 if cfg.optimizer == "sgd" else 2e-3 * cfg.batch / 256)
+    amp = amp_dtype(device, cfg.amp)
+    return dataclasses.replace(
+        cfg, imgsz=spec.imgsz, channels=spec.channels, lr=lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
+        fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
+        translate=cfg.translate if cfg.translate is not None else max(1, spec.imgsz // 10),
+        resized_crop=cfg.resized_crop if cfg.resized_crop is not None else spec.imgsz >= 64,
+        amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+        channels_last=cfg.channels_last if cfg.channels_last is not None else device.type != "mps",
+        device=str(device))
+
+
+def make_run_dir(project: str, name: str, exist_ok: bool) -> Path:
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    for i in range(2, 10_000):
+        candidate = Path(project) / f"{name}-{i}"
+        if not candidate.exists():
+            candidate.mkdir(parents=True)
+            return candidate
+    raise RuntimeError(f"too many runs named {name} in {project}")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay only weight matrices and kernels: decaying BatchNorm scales and biases just fights the data.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, float(cfg.weight_decay or 0.0))
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=float(cfg.lr or 0), momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=float(cfg.lr or 0), betas=(0.9, 0.999))
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, lr: float, amp: torch.dtype | None, label_smoothing: float,
+               grad_clip: float) -> torch.Tensor:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast(x.device, amp):
+        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _score(report: dict[str, Any], metric: str) -> float:
+    return -report["loss"] if metric == "loss" else float(report[metric])
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    t0 = time.perf_counter()
+    if cfg.model not in MODELS:
+        create_model(cfg.model, num_classes=2, in_chans=1, imgsz=8)  # raises with the closest valid name
+    say = print if cfg.verbose else (lambda *a, **k: None)
+    device = select_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    ds = load_dataset(cfg.data, imgsz=cfg.imgsz, channels=cfg.channels, resize=cfg.resize,
+                      cache_dir=cfg.cache_dir, verbose=cfg.verbose)
+    ds = with_validation(ds, cfg.val_fraction, cfg.seed)
+    cfg = resolve(cfg, ds, device)
+    slug = re.sub(r"[^\w.-]+", "_", ds.name)
+    run_dir = make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}", cfg.exist_ok)
+    (run_dir / "weights").mkdir(exist_ok=True)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    for note in ds.notes:
+        say(f"note: {note}")
+    if ds.skipped:
+        atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))
+        say(f"skipped {len(ds.skipped)} file(s) that are not readable images; list in {run_dir / 'skipped.txt'}")
+        for p, why in ds.skipped[:5]:
+            say(f"  {p}: {why}")
+
+    spec, classes = ds.preprocess, list(ds.classes)
+    train_split = ds.splits["train"]
+    eval_name = "val" if "val" in ds.splits else ("test" if "test" in ds.splits else None)
+    model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    amp = amp_dtype(device, str(cfg.amp))
+    opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    augment = Augment(flip=float(cfg.fliplr or 0), translate=int(cfg.translate or 0),
+                      resized_crop=bool(cfg.resized_crop), erase=cfg.erase)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    images = torch.from_numpy(np.ascontiguousarray(train_split.images)).to(device)  # uint8 stays uint8
+    labels = torch.from_numpy(np.asarray(train_split.labels)).to(device)
+    mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
+    batch = min(cfg.batch, len(labels))
+    steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
+    ema = EMA(model, cfg.ema_decay or ema_decay_for(total_steps)) if cfg.ema else None
+    eval_kw = {"amp": amp, "channels_last": bool(cfg.channels_last)}
+    meta_base = {"model": cfg.model, "classes": classes, "preprocess": spec.to_dict(),
+                 "config": cfg.to_dict(), "data": {"name": ds.name, "fingerprint": ds.fingerprint}}
+
+    say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
+        f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {cfg.epochs} epochs on {device} "
+        f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
+    rows: list[dict[str, Any]] = []
+    best_score, best_epoch, best_report, stale, step = -math.inf, 0, None, 0, 0
+    best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t_epoch = time.perf_counter()
+        order = torch.randperm(len(labels), generator=gen).to(device)
+        bar = progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=cfg.verbose,
+                       leave=False)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            x = normalize(augment(images[idx], gen), mean, std).contiguous(memory_format=memory_format)
+            lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
+            loss_sum += train_step(model, x, labels[idx], opt, scaler, lr, amp, cfg.label_smoothing,
+                                   cfg.grad_clip)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            bar.update(1)
+            if i % 20 == 19:
+                rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
+                bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
+        bar.close()
+        train_time = time.perf_counter() - t_epoch
+        final_model = ema.module if ema is not None else model
+        row: dict[str, Any] = {"epoch": epoch, "lr": round(lr, 6),
+                               "train_loss": round(float(loss_sum) / max(1, steps_per_epoch), 5)}
+        report = None
+        if eval_name is not None:
+            split = ds.splits[eval_name]
+            report, _ = evaluate(final_model, split.images, split.labels, classes, spec, device, **eval_kw)
+            row.update({f"{eval_name}_loss": round(report["loss"], 5), f"{eval_name}_top1": round(report["top1"], 5),
+                        f"{eval_name}_top5": report["top5"] and round(report["top5"], 5),
+                        f"{eval_name}_macro_f1": round(report["macro_f1"], 5)})
+        row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2)})
+        rows.append(row)
+        _write_csv(run_dir / "results.csv", rows)
+        meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
+        checkpoint.save(last_path, final_model, meta)
+        _save_state(run_dir / "weights" / "last.state.pt", model, opt, ema, epoch, step, gen)
+        # Select only on a validation split; without one the final model is the result (never pick on test).
+        improved = report is not None and eval_name == "val" and _score(report, cfg.select) > best_score
+        if improved or eval_name != "val":
+            best_score = _score(report, cfg.select) if report is not None else best_score
+            best_epoch, best_report, stale = epoch, report, 0
+            checkpoint.save(best_path, final_model, meta)
+        else:
+            stale += 1
+        shown = (f" {eval_name} top-1 {report['top1']:.2%}" + (f" top-5 {report['top5']:.2%}" if report["top5"]
+                 else "") + f" loss {report['loss']:.4f}") if report else ""
+        say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}{shown} "
+            f"({len(labels) * 1.0 / train_time:.0f} img/s, {train_time:.1f}s)")
+        if cfg.patience and stale >= cfg.patience:
+            say(f"early stop: no {cfg.select} improvement on val for {cfg.patience} epochs")
+            break
+
+    best_model, _ = checkpoint.load_model(best_path)
+    best_model = best_model.to(device).to(memory_format=memory_format)
+    results: dict[str, dict[str, Any] | None] = {"val": None, "test": None}
+    for name in ("val", "test"):
+        if name in ds.splits:
+            split = ds.splits[name]
+            rep, logits = evaluate(best_model, split.images, split.labels, classes, spec, device, **eval_kw)
+            results[name] = rep
+            if name == eval_name and cfg.plots:
+                _plots(run_dir, rows, rep, split, logits, classes, eval_name)
+    seconds = time.perf_counter() - t0
+    summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
+               "selected_on": "val" if eval_name == "val" else "final epoch",
+               "val": _brief(results["val"]), "test": _brief(results["test"])}
+    write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
+    checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
+                                            "metrics": {k: _brief(v) for k, v in results.items() if v}})
+    headline = results["test"] or results["val"]
+    if headline is not None:
+        say(format_report(headline))
+    split_name = "test" if results["test"] else "val"
+    say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); "
+        + (f"{split_name} top-1 {headline['top1']:.2%}; " if headline else "") + f"weights in {best_path}")
+    return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
+                       test=results["test"], epochs=len(rows), seconds=seconds)
+
+
+def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "loss")}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[-1]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, epoch: int,
+                step: int, gen: torch.Generator) -> None:
+    """Everything needed to continue training; plain tensors and numbers, loadable with weights_only=True."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+             "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
+             "torch_rng": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], split: Any, logits: torch.Tensor,
+           classes: list[str], split_name: str) -> None:
+    from pigeon import plots
+
+    plots.plot_curves(rows, run_dir / "curves.png", split=split_name)
+    plots.plot_confusion(np.asarray(report["confusion"]), classes, run_dir / "confusion_matrix.png")
+    probs = logits.softmax(1)
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(split.labels), size=min(25, len(split.labels)), replace=False))
+    conf, pred = probs[pick].max(1)
+    plots.plot_prediction_grid(np.asarray(split.images[pick]), [classes[i] for i in split.labels[pick]],
+                               [classes[i] for i in pred.tolist()], conf.tolist(), run_dir / f"{split_name}_predictions.png")

@@ -1,0 +1,39 @@
+"""pigeon's exceptions. Every error a user can cause is a PigeonError; anything else is a bug.
+
+    PigeonError
+     ├── ConfigError       an option, model name or value that is not valid
+     ├── DatasetError      data that is missing, empty or inconsistent
+     ├── CheckpointError   a weights file that is missing, corrupt or unsafe
+     └── ExportError       an export that cannot be written or does not match
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PigeonError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ConfigError(PigeonError, ValueError):
+    pass
+
+
+class DatasetError(PigeonError):
+    pass
+
+
+class CheckpointError(PigeonError):
+    pass
+
+
+class ExportError(PigeonError):
+    pass
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,150 @@
+"""Classification metrics as pure functions: top-k, confusion matrix, per-class precision/recall/F1.
+
+Everything here takes plain tensors or arrays and returns plain numbers, so the engine, the CLI and the
+server can share one definition of "accuracy", and the tests can check it against scikit-learn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """For each k, how many samples have their target among the k highest logits.
+
+    k larger than the number of classes is clipped to it (then every sample counts), so callers can ask
+    for top-5 on a 3-class problem without special-casing it. Keys are the ks as requested.
+    """
+    _check_logits(logits, targets)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got ks={ks}")
+    if not ks:
+        return {}
+    num_classes = logits.shape[1]
+    max_k = min(max(ks), num_classes)
+    top = logits.topk(max_k, dim=1).indices  # [N, max_k], best first
+    hits = top.eq(targets.reshape(-1, 1).to(top.device))
+    # A target appears at most once in a row, so the cumulative count per column is 0 or 1.
+    hit_by_rank = hits.cumsum(dim=1).sum(dim=0)  # hit_by_rank[j] = samples hit within top j+1
+    return {k: int(hit_by_rank[min(k, num_classes) - 1]) for k in ks}
+
+
+def confusion_matrix(
+    preds: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor, num_classes: int
+) -> np.ndarray:
+    """Counts [K, K], int64: row = true class, column = predicted class."""
+    p = _as_int_array(preds, "preds")
+    t = _as_int_array(targets, "targets")
+    if p.shape != t.shape:
+        raise ValueError(f"preds and targets must have the same length, got {p.shape} and {t.shape}")
+    for name, arr in (("preds", p), ("targets", t)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got values from {arr.min()} to {arr.max()}"
+            )
+    # Each (true, pred) pair maps to one flat cell; bincount counts all cells in one pass.
+    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def per_class_prf(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 (float64) and support (int64) per class; undefined ratios are 0.0."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square [K, K] matrix, got shape {confusion.shape}")
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    # 2TP / (2TP + FP + FN) equals the harmonic mean of P and R, and is defined whenever either is.
+    f1 = _safe_div(2 * tp, support + predicted)
+    return precision, recall, f1, support
+
+
+def classification_report(
+    logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy, macro F1, per-class scores and the confusion matrix, JSON-ready.
+
+    Args:
+        logits: [N, K] scores, any real values; only their order matters.
+        targets: [N] true class indices.
+        class_names: K names, in class-index order.
+
+    Returns:
+        {"n", "top1", "top5", "macro_f1", "per_class", "confusion"}. Accuracies are fractions in [0, 1];
+        "top5" is None unless there are more than 5 classes (with 5 or fewer it is always 1.0).
+    """
+    _check_logits(logits, targets)
+    n, num_classes = logits.shape
+    if n == 0:
+        raise ValueError("cannot compute a classification report on zero samples (logits has N=0)")
+    if len(class_names) != num_classes:
+        raise ValueError(f"logits has {num_classes} classes but {len(class_names)} class names were given")
+    correct = topk_correct(logits, targets, ks=(1, 5))
+    preds = logits.argmax(dim=1)
+    confusion = confusion_matrix(preds, targets, num_classes)
+    precision, recall, f1, support = per_class_prf(confusion)
+    per_class = [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+    return {
+        "n": int(n),
+        "top1": correct[1] / n,
+        "top5": correct[5] / n if num_classes > 5 else None,
+        "macro_f1": float(f1.mean()),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A fixed-width table of per-class scores followed by the overall numbers in percent."""
+    rows = report["per_class"]
+    width = min(max([len("class")] + [len(str(r["class"])) for r in rows]), 32)
+    header = f"{'class':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        name = str(r["class"])
+        if len(name) > width:
+            name = name[: width - 1] + "…"
+        scores = "  ".join(f"{r[key]:>9.4f}" for key in ("precision", "recall", "f1"))
+        lines.append(f"{name:<{width}}  {scores}  {r['support']:>8d}")
+    lines.append("-" * len(header))
+    top5 = "n/a" if report["top5"] is None else f"{100 * report['top5']:.2f}%"
+    top1, macro_f1 = 100 * report["top1"], 100 * report["macro_f1"]
+    lines.append(f"top-1 {top1:.2f}%   top-5 {top5}   macro-F1 {macro_f1:.2f}%   samples {report['n']}")
+    return "\n".join(lines)
+
+
+def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
+    if targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"targets must be [N] with N={logits.shape[0]} to match logits, got shape {tuple(targets.shape)}"
+        )
+
+
+def _as_int_array(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = arr.reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    # np.divide with `where` never evaluates 0/0, so no RuntimeWarning and no NaN to clean up.
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)

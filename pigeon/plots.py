@@ -1,0 +1,185 @@
+"""PNG plots: training curves, confusion matrix, prediction grid.
+
+matplotlib is imported inside each function, so importing pigeon costs nothing when no plot is drawn. We
+draw on a bare Figure with the Agg canvas rather than pyplot: no global figure registry to leak, no
+display backend to pick, safe to call from a server thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_GREEN, _RED = "#1a7f37", "#cf222e"
+
+
+def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], split: str = "val") -> Path:
+    """Loss (train, <split>) and accuracy (<split> top-1, top-5 when logged) against epoch, side by side.
+
+    `split` names the evaluated split whose `<split>_loss`, `<split>_top1`, `<split>_top5` keys are drawn.
+    Values may be numbers, numeric strings (rows read back from a CSV log) or None / "" when missing.
+    """
+    if not rows:
+        raise ValueError("plot_curves needs at least one epoch row, got none")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    panels = (
+        (loss_ax, "loss", (("train_loss", "train"), (f"{split}_loss", split))),
+        (acc_ax, "accuracy", ((f"{split}_top1", f"{split} top-1"), (f"{split}_top5", f"{split} top-5"))),
+    )
+    for ax, ylabel, series in panels:
+        for key, label in series:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(
+    confusion: np.ndarray,
+    class_names: list[str],
+    path: str | os.PathLike[str],
+    normalize: bool = True,
+) -> Path:
+    """Heat map of the confusion matrix (rows = true, columns = predicted), row-normalized by default.
+
+    Row-normalized cells are per-class recall, so rare classes are as visible as common ones. Cell values
+    are written for up to 20 classes; tick labels shrink with K and are thinned beyond 100 classes.
+    """
+    counts = np.asarray(confusion, dtype=np.float64)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise ValueError(f"confusion must be [{k}, {k}] to match {k} class names, got shape {counts.shape}")
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        # A class absent from the targets has an all-zero row; leave it zero instead of 0/0.
+        values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    else:
+        values = counts
+    from matplotlib.figure import Figure
+
+    side = min(4.0 + 0.22 * k, 30.0)  # inches; about 100 classes fit legibly at the cap
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="recall" if normalize else "count")
+
+    cell_pt = 72.0 * 0.8 * side / max(k, 1)  # roughly one matrix row, in points
+    fontsize = float(np.clip(0.55 * cell_pt, 4.0, 10.0))
+    # The figure stops growing at the cap, so past ~100 rows every label would overlap its neighbours.
+    step = 1 if k <= 100 else math.ceil(k / 50)
+    ticks = np.arange(0, k, step)
+    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix, row-normalized (recall)" if normalize else "confusion matrix (counts)")
+
+    if k <= 20:
+        for (i, j), v in np.ndenumerate(values):
+            text = f"{v:.2f}" if normalize else f"{int(v)}"
+            colour = "white" if v > 0.6 * vmax else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize * 0.9, color=colour)
+    return _save(fig, path)
+
+
+def plot_prediction_grid(
+    images: np.ndarray,
+    true_labels: list[str],
+    pred_labels: list[str],
+    confidences: list[float],
+    path: str | os.PathLike[str],
+    max_images: int = 25,
+) -> Path:
+    """A square-ish grid of images titled "pred (conf%)" / "true: X", green when right, red when wrong.
+
+    Args:
+        images: uint8 [N, C, H, W] with C = 1 (grayscale) or 3 (RGB).
+        true_labels, pred_labels: N class names each.
+        confidences: N probabilities in [0, 1] for the predicted class.
+        path: where the PNG goes.
+        max_images: draw only the first this many.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be uint8 [N, C, H, W] with C in (1, 3), got {images.dtype} {tuple(images.shape)}"
+        )
+    n_all = images.shape[0]
+    if not len(true_labels) == len(pred_labels) == len(confidences) == n_all:
+        raise ValueError(
+            f"need one true label, predicted label and confidence per image ({n_all} images), got "
+            f"{len(true_labels)}, {len(pred_labels)} and {len(confidences)}"
+        )
+    n = min(n_all, max_images)
+    if n < 1:
+        raise ValueError("plot_prediction_grid needs at least one image (and max_images >= 1)")
+    from matplotlib.figure import Figure
+
+    cols = math.ceil(math.sqrt(n))
+    grid_rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.2 * cols, 2.5 * grid_rows), layout="constrained")
+    axes = fig.subplots(grid_rows, cols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        pixels = images[i].transpose(1, 2, 0)  # CHW -> HWC, as imshow expects
+        if pixels.shape[2] == 1:
+            ax.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(pixels)
+        correct = pred_labels[i] == true_labels[i]
+        title = f"{pred_labels[i]} ({100 * confidences[i]:.1f}%)\ntrue: {true_labels[i]}"
+        ax.set_title(title, fontsize=8, color=_GREEN if correct else _RED)
+    return _save(fig, path)
+
+
+def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for the rows where both the epoch and `key` are present."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for index, row in enumerate(rows):
+        value = row.get(key)
+        if value is None or value == "":
+            continue
+        epoch = row.get("epoch")
+        xs.append(float(index if epoch is None or epoch == "" else epoch))
+        ys.append(float(value))
+    return xs, ys
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render to a temp file beside `path`, then rename: readers never see a half-written PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # attaches itself to the figure
+    # Not tempfile.mkstemp: its files are mode 0600, and the PNG should get the umask's usual mode.
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
