@@ -7,6 +7,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def read_idx(raw: bytes) -> np.ndarray:
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"IDX header says {tuple(dims)} but holds {data.size} bytes")
+        raise ValueError(f"IDX header says {tuple(dims.tolist())} but holds {data.size} bytes")
     return data.reshape(tuple(dims))
 
 
@@ -51,7 +52,7 @@ def _candidate_dirs(cache_dir: str | None) -> list[Path]:
 def _verified(path: Path) -> bytes | None:
     try:
         raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return raw if hashlib.sha256(raw).hexdigest() == FASHION_FILES[path.name] else None
 
@@ -73,7 +74,7 @@ def download_fashion_mnist(dest: Path, base_url: str | None = None, timeout: flo
                 f"in a folder and set PIGEON_FASHION_MNIST to it, or place them in {dest}") from None
         try:
             ok = hashlib.sha256(gzip.decompress(blob)).hexdigest() == sha
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             ok = False
         if not ok:
             raise DatasetError(f"{url} does not match the published Fashion-MNIST file (checksum mismatch); "
@@ -146,7 +147,8 @@ def load_builtin(name: str, *, imgsz: int | None, channels: int | None, resize: 
     splits, classes, fliplr = BUILTINS[name](cache_dir, verbose)
     native = splits["train"].images.shape[-1]
     imgsz, channels = imgsz or native, channels or 1
-    spec = Preprocess(imgsz=imgsz, channels=channels, resize=resize)
+    spec = Preprocess(imgsz=imgsz, channels=channels, resize=resize, mean=(0.5,) * channels,
+                      std=(0.5,) * channels)  # placeholders until the stats below; one per channel
     key = cache.fingerprint([name, native, spec.to_dict()])
     if (imgsz, channels) != (native, 1):
         splits = {s: _resized(sp, spec, cache.fingerprint([key, s]), cache_dir) for s, sp in splits.items()}

@@ -6,6 +6,7 @@ changed data gets a new entry and unchanged data is memory-mapped straight back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ def load(root: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] |
     try:
         meta = json.loads((entry / "meta.json").read_text())
         arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in meta["arrays"]}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return arrays, meta
 
@@ -63,8 +64,11 @@ def load_or_build(root: Path, key: str, build: Builder) -> tuple[dict[str, np.nd
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, root / key)
-        except OSError:  # another process finished the same entry first: use theirs
-            pass
+        except OSError:  # the entry exists: another process finished it first (use theirs), or it is corrupt
+            if load(root, key) is None:
+                shutil.rmtree(root / key, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.replace(tmp, root / key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     found = load(root, key)

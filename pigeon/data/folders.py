@@ -93,7 +93,7 @@ def _decode(path: Path, imgsz: int, resize: str) -> tuple[np.ndarray | None, boo
         return None, False, f"cannot be decoded ({type(err).__name__}: {err})"
 
 
-def _build(tmp: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,
+def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,
            resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
     names: list[str] = []
     meta: dict[str, Any] = {"skipped": [], "paths": {}, "all_gray": True}
@@ -108,12 +108,12 @@ def _build(tmp: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, chan
                     items, pool.map(lambda it: _decode(it[0], imgsz, resize), items, chunksize=16)):
                 bar.update(1)
                 if arr is None:
-                    meta["skipped"].append((str(path), why))
+                    meta["skipped"].append((str(path.relative_to(root)), why))
                     continue
                 out[n] = arr
                 n += 1
                 labels.append(label)
-                paths.append(str(path))
+                paths.append(str(path.relative_to(root)))  # relative: the entry outlives a moved folder
                 meta["all_gray"] &= gray
             out.flush()
             meta["paths"][split] = paths
@@ -137,9 +137,11 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | Non
     classes, files, skipped = scan(root)
     listing = [(s, str(p.relative_to(root)), lbl, *_stat(p)) for s, items in files.items() for p, lbl in items]
     key = cache.fingerprint(["folder", classes, listing, imgsz, channels, resize])
-    arrays, meta, _ = cache.load_or_build(
-        cache.cache_root(cache_dir), key, lambda tmp: _build(tmp, files, imgsz, channels, resize, verbose))
-    skipped += [tuple(s) for s in meta["skipped"]]  # type: ignore[misc]
+    def build(tmp: Path) -> tuple[list[str], dict[str, Any]]:
+        return _build(tmp, root, files, imgsz, channels, resize, verbose)
+
+    arrays, meta, _ = cache.load_or_build(cache.cache_root(cache_dir), key, build)
+    skipped += [(str(root / p), why) for p, why in meta["skipped"]]
     splits = {}
     for split in files:
         labels = np.asarray(arrays[f"{split}_labels"])
@@ -149,7 +151,8 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | Non
         if missing:
             raise DatasetError(f"{root / split}: class folder(s) {missing} have no readable image after "
                                "skipping bad files; add images or remove the folder(s)")
-        splits[split] = Split(arrays[f"{split}_images"], labels, tuple(meta["paths"][split]))
+        paths = tuple(str(root / p) for p in meta["paths"][split])
+        splits[split] = Split(arrays[f"{split}_images"], labels, paths)
     mean, std = channel_stats(splits["train"].images)
     spec = Preprocess(imgsz=imgsz, channels=meta["channels"], resize=resize, mean=mean, std=std)
     return Dataset(name=root.name, classes=classes, splits=splits, preprocess=spec, fingerprint=key,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,13 +55,17 @@ def open_image(source: Any) -> Any:
             source = io.BytesIO(source)
         elif not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"cannot read an image from {type(source).__name__}")
-        with warnings.catch_warnings():
-            # An image declaring a huge size is a decompression bomb: refuse it instead of warning.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                opened.seek(0)  # animated images: the first frame
-                opened.load()
-                img = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
+        with Image.open(source) as opened:
+            # An image declaring a huge size is a decompression bomb: refuse it, not just warn. Checked here
+            # rather than with warnings.catch_warnings(), which swaps process-global state and so races
+            # in the decoder threads.
+            w, h = opened.size
+            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+                raise ValueError(f"image is {w}x{h} = {w * h} pixels, over PIL.Image.MAX_IMAGE_PIXELS "
+                                 f"({Image.MAX_IMAGE_PIXELS}): a possible decompression bomb")
+            opened.seek(0)  # animated images: the first frame
+            opened.load()
+            img = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
     return ImageOps.exif_transpose(img)
 
 
@@ -151,4 +154,4 @@ def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarr
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float, on whatever device x lives; mean/std are [C] tensors there."""
-    return (x.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return (x.to(torch.float32) / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

@@ -168,7 +168,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {cfg.epochs} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     rows: list[dict[str, Any]] = []
-    best_score, best_epoch, best_report, stale, step = -math.inf, 0, None, 0, 0
+    best_score, best_epoch, stale, step = -math.inf, 0, 0, 0
     best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -212,7 +212,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         improved = report is not None and eval_name == "val" and _score(report, cfg.select) > best_score
         if improved or eval_name != "val":
             best_score = _score(report, cfg.select) if report is not None else best_score
-            best_epoch, best_report, stale = epoch, report, 0
+            best_epoch, stale = epoch, 0
             checkpoint.save(best_path, final_model, meta)
         else:
             stale += 1
@@ -286,4 +286,5 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
     pick = np.sort(rng.choice(len(split.labels), size=min(25, len(split.labels)), replace=False))
     conf, pred = probs[pick].max(1)
     plots.plot_prediction_grid(np.asarray(split.images[pick]), [classes[i] for i in split.labels[pick]],
-                               [classes[i] for i in pred.tolist()], conf.tolist(), run_dir / f"{split_name}_predictions.png")
+                               [classes[i] for i in pred.tolist()], conf.tolist(),
+                               run_dir / f"{split_name}_predictions.png")

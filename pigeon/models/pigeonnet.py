@@ -38,7 +38,7 @@ def stem_stride(imgsz: int) -> int:
 
 class PigeonNet(nn.Module):
     def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], num_classes: int, in_chans: int,
-                 imgsz: int, drop: float = 0.0) -> None:
+                 imgsz: int, drop: float = 0.0, pool_first: bool = False) -> None:
         super().__init__()
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, widths[-1]
         stride = stem_stride(imgsz)
@@ -50,7 +50,9 @@ class PigeonNet(nn.Module):
         prev = widths[0]
         for i, (width, depth) in enumerate(zip(widths, depths)):
             layers: list[nn.Module] = []
-            if i > 0:  # downsample: widen with a conv, then halve the resolution
+            if i > 0 and pool_first:  # halve the resolution, then widen: 4x cheaper widening conv
+                layers += [nn.MaxPool2d(2, ceil_mode=True), conv_bn(prev, width)]
+            elif i > 0:  # widen with a conv at full resolution, then halve it
                 layers += [conv_bn(prev, width), nn.MaxPool2d(2, ceil_mode=True)]
             layers += [Block(width) for _ in range(depth)]
             stages.append(nn.Sequential(*layers))

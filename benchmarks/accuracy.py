@@ -1,0 +1,61 @@
+"""Accuracy and wall time of the default `pigeon train` on the built-in datasets, end to end.
+
+Each run is the real command line (`python -m pigeon train ...`) timed from process start to the printed
+final test accuracy, dataset loading included. The headline accuracy is the test top-1 of the model selected
+on a validation split carved from train (never selected on test).
+
+    python benchmarks/accuracy.py                      # digits + fashion-mnist, 1 seed each
+    python benchmarks/accuracy.py --seeds 0 1 2        # mean over seeds
+    python benchmarks/accuracy.py --quick              # tiny smoke run (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+from common import run_timed, save, spread
+
+CASES = {
+    "digits": ["--data", "digits", "--model", "pigeon-n"],
+    "fashion-mnist": ["--data", "fashion-mnist", "--model", "pigeon-n", "--epochs", "10"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch on digits only, results not saved")
+    args = parser.parse_args()
+    cases = {"digits": CASES["digits"] + ["--epochs", "1"]} if args.quick else {c: CASES[c] for c in args.cases}
+    results = {}
+    with tempfile.TemporaryDirectory() as project:
+        for case, argv in cases.items():
+            runs = []
+            for seed in args.seeds:
+                cmd = [sys.executable, "-m", "pigeon", "train", *argv, "--seed", str(seed), "--project", project,
+                       "--no-verbose", "--no-plots"]
+                seconds, out = run_timed(cmd)
+                summary = json.loads(out.strip().splitlines()[-1])
+                runs.append({"seed": seed, "seconds": round(seconds, 1), "test_top1": summary["test_top1"]})
+                print(f"{case} seed {seed}: test top-1 {summary['test_top1']:.2%} in {seconds:.1f}s", flush=True)
+            results[case] = {"argv": argv, "runs": runs,
+                             "test_top1": spread([r["test_top1"] for r in runs]),
+                             "seconds": spread([r["seconds"] for r in runs])}
+    if args.quick:
+        return
+    rows = ["| dataset | command | seeds | test top-1 (mean, min-max) | wall time (median, min-max) |",
+            "|---|---|---|---|---|"]
+    for case, r in results.items():
+        acc, sec = r["test_top1"], r["seconds"]
+        rows.append(f"| {case} | `pigeon train {' '.join(r['argv'])}` | {acc['n']} | {acc['mean']:.2%} "
+                    f"({acc['min']:.2%}-{acc['max']:.2%}) | "
+                    f"{sec['median']:.0f} s ({sec['min']:.0f}-{sec['max']:.0f}) |")
+    save("accuracy", {"results": results}, "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: real images (scikit-learn's digits) written as small image folders, and a private cache.
+
+Every test runs with PIGEON_CACHE_DIR pointing at its own empty temporary folder, so nothing is ever written
+to ~/.cache and no test sees another test's cache entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path_factory.mktemp("pigeon-cache")))
+    for var in ("PIGEON_FASHION_MNIST", "PIGEON_FASHION_MNIST_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty folder to pass as `cache_dir=`; outside tmp_path, so it never lands inside a dataset."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as (uint8 images [N, 8, 8] scaled 0..255, int64 labels [N])."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8), bunch.target.astype(np.int64)
+
+
+DigitsFolder = Callable[..., Path]
+
+
+@pytest.fixture
+def digits_folder(tmp_path: Path, digits_arrays: tuple[np.ndarray, np.ndarray]) -> DigitsFolder:
+    """Factory writing an image-classification folder of real digit images; returns its root.
+
+        make(root=None, *, splits=("train",), per_class=4, classes=("0", "1", "2"), size=16,
+             ext=".png", mode="L") -> Path
+
+    root:      where to write it (default tmp_path / "data"); may already exist.
+    splits:    writes root/<split>/<class>/NNN<ext> for each split; None writes the flat layout
+               root/<class>/NNN<ext> (a train split alone).
+    per_class: images per class, an int or {split: int}.
+    classes:   class folder names; class i holds images of digit i % 10, every image a different sample.
+    size:      the 8x8 digits are upscaled (bilinear) to size x size.
+    ext:       file extension; the format follows it (.png, .jpg, .bmp, .gif, .tif, .webp, ...).
+    mode:      "L" (grayscale) or "RGB" (the digit in orange on blue: a truly colour image).
+    """
+    from PIL import Image
+
+    images, labels = digits_arrays
+
+    def make(root: Path | str | None = None, *, splits: Sequence[str] | None = ("train",),
+             per_class: int | Mapping[str, int] = 4, classes: Sequence[str] = ("0", "1", "2"), size: int = 16,
+             ext: str = ".png", mode: str = "L") -> Path:
+        root = Path(root) if root is not None else tmp_path / "data"
+        used = {d: 0 for d in range(10)}  # next unused sample of each digit
+        for split in splits if splits is not None else (None,):
+            n = per_class if isinstance(per_class, int) else per_class[split or "train"]
+            for i, name in enumerate(classes):
+                folder = root / split / name if split else root / name
+                folder.mkdir(parents=True, exist_ok=True)
+                digit = i % 10
+                samples = np.flatnonzero(labels == digit)
+                for k in range(n):
+                    pixels = images[samples[used[digit] % len(samples)]]
+                    used[digit] += 1
+                    img = Image.fromarray(pixels, "L").resize((size, size), Image.BILINEAR)
+                    if mode == "RGB":
+                        g = np.asarray(img)
+                        img = Image.fromarray(np.stack([g, g // 2, 255 - g], axis=-1), "RGB")
+                    elif mode != "L":
+                        raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+                    img.save(folder / f"{k:03d}{ext}")
+        return root
+
+    return make
