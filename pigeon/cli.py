@@ -13,7 +13,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from pigeon.config import OPTIMIZERS, RESIZE_MODES, SCHEDULES, SELECT_METRICS, AMP_MODES, TrainConfig
+from pigeon.config import AMP_MODES, OPTIMIZERS, RESIZE_MODES, SCHEDULES, SELECT_METRICS, TrainConfig
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
 
 TRAIN_HELP = {
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where decoded images are cached")
     p.add_argument("--project", default="runs/val", help="parent folder for the report (default: runs/val)")
     p.add_argument("--name", help="report folder name")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the confusion matrix PNG")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the confusion matrix PNG")
 
     p = verbs.add_parser("predict", help="predict classes of images",
                          description="Predict on image files, folders or glob patterns (quote globs).")
@@ -170,8 +171,12 @@ def run(args: argparse.Namespace) -> int:
         _write_predictions(preds, args.save_json, args.save_csv)
         return 0 if all(p.ok for p in preds) else 1
     if args.verb == "models":
+        from pigeon.models import create_model
+
+        print(f"{'model':<12}{'parameters':>12}  (10 classes, 1 channel, 28x28)")
         for name in pigeon.list_models():
-            print(name)
+            model = create_model(name, num_classes=10, in_chans=1, imgsz=28)
+            print(f"{name:<12}{sum(p.numel() for p in model.parameters()):>12,}")
         return 0
     raise AssertionError(args.verb)
 

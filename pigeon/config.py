@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -29,6 +30,25 @@ def _check_range(name: str, value: float | None, lo: float, hi: float | None = N
     if too_low or (hi is not None and value > hi):
         bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
         raise ConfigError(f"{name}={value!r} is out of range; it must be {bounds}")
+
+
+def check_types(config: Any) -> None:
+    """Refuse a value of the wrong type, naming the field: "3" is not an epoch count, nor is 2.5."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        allowed = tuple(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)))
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, tuple(t for t in allowed if isinstance(t, type)))
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"{f.name}={value!r} has the wrong type; it must be {names}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class TrainConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not self.data:
             raise ConfigError("data is required: a folder of images or a built-in name (fashion-mnist, digits)")
         _check_range("epochs", self.epochs, 1)
@@ -98,9 +119,6 @@ class TrainConfig:
         _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_range("patience", self.patience, 0)
         _check_range("threads", self.threads, 1)
-        if self.patience and self.val_fraction == 0:
-            raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 "
-                              "(or give the dataset a val/ folder), or drop patience")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +131,7 @@ class PredictConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check_range("top_k", self.top_k, 1)
         _check_range("batch", self.batch, 1)
 

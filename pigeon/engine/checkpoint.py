@@ -71,8 +71,17 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[st
     if "pigeon" not in header:
         raise CheckpointError(f"{path} has no pigeon metadata (class names, preprocessing); it was not "
                               "written by pigeon. Fine-tune from it with --weights instead")
-    meta = json.loads(header["pigeon"])
-    if meta.get("sha256") and weights_digest(state) != meta["sha256"]:
+    try:
+        meta = json.loads(header["pigeon"])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its pigeon metadata is not a JSON object; the file was modified or "
+                              "damaged. Use another copy")
+    if "sha256" not in meta:
+        raise CheckpointError(f"{path}: its pigeon metadata has no weights digest (sha256), so the weights "
+                              "cannot be verified; the file was modified. Use another copy")
+    if weights_digest(state) != meta["sha256"]:
         raise CheckpointError(f"{path}: the weights do not match the digest recorded when they were saved; "
                               "the file was modified or damaged. Use another copy")
     return state, meta
@@ -82,10 +91,19 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
     from pigeon.models import create_model
 
     state, meta = read(path)
+    missing = [key for key in ("model", "classes", "preprocess") if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: its pigeon metadata lacks {', '.join(missing)}; the file was "
+                              "modified or damaged. Use another copy")
     model = create_model(meta["model"], num_classes=len(meta["classes"]),
                          in_chans=int(meta["preprocess"]["channels"]), imgsz=int(meta["preprocess"]["imgsz"]))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit model {meta['model']!r}: {err}") from None
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) + [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+        if k in state and state[k].shape != v.shape]
+    if wrong:
+        shown = "; ".join(wrong[:5]) + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        raise CheckpointError(f"{path}: the weights do not fit model {meta['model']!r} ({shown}); "
+                              "the file was modified or written for another model")
+    model.load_state_dict(state, strict=True)
     return model.eval(), meta

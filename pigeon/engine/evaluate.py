@@ -25,7 +25,8 @@ def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Prepro
     out = []
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
-        x = (chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk)))
+        # Cached images are read-only memory maps, which torch.from_numpy warns about: copy those chunks.
+        x = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.require(chunk, requirements="CW"))
         x = normalize(x.to(device, non_blocking=True), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -72,7 +72,10 @@ def expand_paths(source: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:  # like a pattern that matches nothing: say so instead of predicting on nothing
+            raise DatasetError(f"{text}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return found
     if path.exists() or not _is_glob(text):
         if not path.exists():
             raise DatasetError(f"{text}: no such file or folder; give an image file, a folder or a glob pattern")

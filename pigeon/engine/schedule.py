@@ -13,16 +13,16 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, kind: 
     """
     if total_steps <= 0:
         raise ValueError("total_steps must be positive")
+    if kind not in ("onecycle", "cosine"):
+        raise ValueError(f"unknown schedule {kind!r}; choose onecycle or cosine")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if kind == "onecycle":
         shape = 1.0 - progress
-    elif kind == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
-        raise ValueError(f"unknown schedule {kind!r}; choose onecycle or cosine")
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr * (final_fraction + (1.0 - final_fraction) * shape)
 
 

@@ -26,6 +26,7 @@ from pigeon.engine.device import amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
 from pigeon.engine.schedule import ema_decay_for, lr_at
+from pigeon.errors import ConfigError
 from pigeon.io import atomic_path, atomic_write_text, write_json
 from pigeon.metrics import format_report
 from pigeon.models import MODELS, create_model
@@ -113,6 +114,16 @@ def _score(report: dict[str, Any], metric: str) -> float:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Run training; process-wide torch settings it changes (threads, determinism) are restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     if cfg.model not in MODELS:
         create_model(cfg.model, num_classes=2, in_chans=1, imgsz=8)  # raises with the closest valid name
@@ -126,6 +137,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     ds = load_dataset(cfg.data, imgsz=cfg.imgsz, channels=cfg.channels, resize=cfg.resize,
                       cache_dir=cfg.cache_dir, verbose=cfg.verbose)
     ds = with_validation(ds, cfg.val_fraction, cfg.seed)
+    if cfg.patience and "val" not in ds.splits:
+        raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
+                          "dataset a val/ folder, or drop patience")
     cfg = resolve(cfg, ds, device)
     slug = re.sub(r"[^\w.-]+", "_", ds.name)
     run_dir = make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}", cfg.exist_ok)
@@ -152,7 +166,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       resized_crop=bool(cfg.resized_crop), erase=cfg.erase)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    images = torch.from_numpy(np.ascontiguousarray(train_split.images)).to(device)  # uint8 stays uint8
+    # A private, writable copy in RAM (the cache is a read-only memory map); uint8 stays uint8.
+    images = torch.from_numpy(np.require(train_split.images, requirements="CW")).to(device)
     labels = torch.from_numpy(np.asarray(train_split.labels)).to(device)
     mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
     batch = min(cfg.batch, len(labels))

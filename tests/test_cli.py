@@ -1,0 +1,211 @@
+"""The CLI in-process: `pigeon.cli.main(argv) -> int`, with its printed output and written files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pigeon
+from pigeon.cli import main
+
+# The run shared by the modules that need a trained model (identical in each; trained once per session).
+SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0, "verbose": False}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    run_dir = base / "shared-digits-run" / "digits"
+    if not (run_dir / "summary.json").is_file():
+        pigeon.train(data="digits", **SHARED_RUN, cache_dir=str(base / "shared-digits-cache"),
+                     project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
+    return run_dir
+
+
+@pytest.fixture
+def best(digits_run: Path) -> str:
+    return str(digits_run / "weights" / "best.safetensors")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    """Four real digits (0, 1, 2, 3) as 8x8 PNGs, in sorted path order."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    paths = []
+    for digit in range(4):
+        index = int(np.flatnonzero(bunch.target == digit)[-1])
+        path = tmp_path / "imgs" / f"{digit}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.round(bunch.images[index] * (255 / 16)).astype(np.uint8), "L").save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(("verb", "options"), [
+    ("train", ["--data", "--epochs", "--lr", "--val-fraction", "--no-ema", "--cache-dir", "--project"]),
+    ("val", ["--model", "--data", "--split", "--project", "--no-plots"]),
+    ("predict", ["--model", "--source", "--top-k", "--save-json", "--save-csv"]),
+    ("models", ["--help"]),
+])
+def test_help_for_each_verb(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([verb, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pigeon {verb}")
+    for option in options:
+        assert option in out, option
+
+
+def test_top_level_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(verb in out for verb in ("train", "val", "predict", "models"))
+    assert main([]) == 2  # no verb: the help, and a failure code
+    assert "usage: pigeon" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"pigeon {pigeon.__version__}\n"
+
+
+def test_models_lists_the_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in pigeon.list_models():
+        assert sum(line.split()[0] == name for line in lines if line.strip()) == 1, name
+
+
+def test_unknown_option_suggests_the_close_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "digits", "--epoch", "1", "--project", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == "ConfigError: unknown option --epoch (did you mean '--epochs'?); see `pigeon train --help`\n"
+    assert not (tmp_path / "runs").exists()
+    assert main(["predict", "--model", "m.safetensors", "--source", "x.png", "--topk=3"]) == 2
+    assert "unknown option --topk (did you mean '--top-k'?)" in capsys.readouterr().err
+
+
+def test_unknown_model_suggests_the_close_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "digits", "--model", "pigeon-x", "--project", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ConfigError: unknown model 'pigeon-x' (did you mean 'pigeon-")
+    assert err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "runs").exists()
+
+
+def test_invalid_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", "digits", "--epochs", "0", "--project", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "ConfigError: epochs=0 is out of range; it must be >= 1\n"
+    with pytest.raises(SystemExit) as info:  # argparse checks choices and types itself
+        main(["train", "--data", "digits", "--optimizer", "adam"])
+    assert info.value.code == 2
+    assert "invalid choice: 'adam'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", "digits", "--lr", "fast"])
+    assert info.value.code == 2
+    assert "invalid float value: 'fast'" in capsys.readouterr().err
+
+
+def test_train_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "digits", "--epochs", "1", "--batch", "256", "--val-fraction", "0",
+                 "--amp", "off", "--device", "cpu", "--no-ema", "--no-plots", "--no-verbose",
+                 "--cache-dir", str(tmp_path / "cache"), "--project", str(tmp_path / "runs"), "--name", "cli"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["run_dir"] == str(tmp_path / "runs" / "cli")
+    assert result["best"] == str(tmp_path / "runs" / "cli" / "weights" / "best.safetensors")
+    assert result["val_top1"] is None and 0.0 <= result["test_top1"] <= 1.0
+    config = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
+    assert (config["epochs"], config["batch"], config["val_fraction"], config["ema"]) == (1, 256, 0.0, False)
+    assert not (tmp_path / "runs" / "cli" / "curves.png").exists()
+
+
+def test_predict_prints_and_saves(best: str, images: list[Path], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    json_path, csv_path = tmp_path / "out" / "preds.json", tmp_path / "preds.csv"
+    code = main(["predict", "--model", best, "--source", str(images[0].parent), "--top-k", "3",
+                 "--device", "cpu", "--save-json", str(json_path), "--save-csv", str(csv_path)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = pigeon.predict(best, [str(p) for p in images], top_k=3, device="cpu")
+    assert len(lines) == len(images) == len(expected)
+    for line, pred in zip(lines, expected):
+        assert line.startswith(f"{pred.source}: {pred.label} ({pred.top1_conf:.1%})  [")
+        assert line.count("%") == 3  # the label and two alternatives
+
+    saved = json.loads(json_path.read_text())
+    assert [d["source"] for d in saved] == [str(p) for p in images]
+    assert [d["label"] for d in saved] == [p.label for p in expected]
+    assert all(len(d["top_k"]) == 3 for d in saved)
+    assert saved[0] == expected[0].to_dict()
+
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["source"] for r in rows] == [str(p) for p in images]
+    assert [r["label"] for r in rows] == [p.label for p in expected]
+    assert all(r["error"] == "" and len(r["top_k"].split(";")) == 3 for r in rows)
+    assert float(rows[0]["confidence"]) == pytest.approx(expected[0].top1_conf, abs=1e-6)
+
+
+def test_predict_top1_only_and_several_sources(best: str, images: list[Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--model", best, "--source", str(images[2]), str(images[0]), "--top-k", "1",
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(images[2]), str(images[0])]
+    assert all("[" not in line for line in lines)  # no alternatives with --top-k 1
+
+
+def test_predict_reports_a_bad_image_and_fails(best: str, images: list[Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = images[0].parent / "1b.png"
+    bad.write_bytes(b"garbage")
+    csv_path = tmp_path / "preds.csv"
+    code = main(["predict", "--model", best, "--source", str(images[0].parent), "--device", "cpu",
+                 "--save-csv", str(csv_path)])
+    assert code == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert lines[2].startswith(f"{bad}: ERROR UnidentifiedImageError")
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[2]["label"] == "" and rows[2]["error"].startswith("UnidentifiedImageError")
+    assert all(r["error"] == "" for i, r in enumerate(rows) if i != 2)
+
+
+def test_predict_on_a_missing_path(best: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.png"
+    assert main(["predict", "--model", best, "--source", str(missing), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"DatasetError: {missing}: no such file or folder; give an image file, a folder "
+                            "or a glob pattern\n")
+
+
+def test_predict_refuses_a_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model.pt").write_bytes(b"not even read")
+    assert main(["predict", "--model", str(tmp_path / "model.pt"), "--source", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("CheckpointError: ")
+
+
+def test_val_writes_a_report(best: str, digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["val", "--model", best, "--data", "digits", "--device", "cpu", "--no-plots",
+                 "--project", str(tmp_path), "--name", "v"])
+    assert code == 0
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["top1"] == json.loads((digits_run / "summary.json").read_text())["test"]["top1"]
+    out = capsys.readouterr().out
+    assert f"top-1 {100 * report['top1']:.2f}%" in out and f"report written to {tmp_path / 'v'}" in out
