@@ -6,6 +6,7 @@ on a validation split carved from train (never selected on test).
 
     python benchmarks/accuracy.py                      # digits + fashion-mnist, 1 seed each
     python benchmarks/accuracy.py --seeds 0 1 2        # mean over seeds
+    python benchmarks/accuracy.py --cases digits       # re-run one case; the others' results are kept
     python benchmarks/accuracy.py --quick              # tiny smoke run (used by the tests)
 """
 
@@ -16,7 +17,7 @@ import json
 import sys
 import tempfile
 
-from common import run_timed, save, spread
+from common import RESULTS, run_timed, save, spread
 
 CASES = {
     "digits": ["--data", "digits", "--model", "pigeon-n"],
@@ -47,6 +48,9 @@ def main() -> None:
                              "seconds": spread([r["seconds"] for r in runs])}
     if args.quick:
         return
+    previous = RESULTS / "accuracy.json"
+    if previous.exists():  # keep the cases not re-run this time
+        results = {**json.loads(previous.read_text()).get("results", {}), **results}
     rows = ["| dataset | command | seeds | test top-1 (mean, min-max) | wall time (median, min-max) |",
             "|---|---|---|---|---|"]
     for case, r in results.items():

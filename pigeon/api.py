@@ -66,8 +66,12 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
 
     clf = _classifier(model, device)
     spec = clf.preprocess
-    ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize, cache_dir=cache_dir,
+    # Ask for the channel count the way training did (auto) first, so training's cache entry is reused.
+    ds = load_dataset(data, imgsz=spec.imgsz, channels=None, resize=spec.resize, cache_dir=cache_dir,
                       verbose=verbose)
+    if ds.preprocess.channels != spec.channels:
+        ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize,
+                          cache_dir=cache_dir, verbose=verbose)
     if split is None:
         split = next(s for s in ("val", "test", "train") if s in ds.splits)
     if split not in ds.splits:

@@ -144,7 +144,7 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | Non
     skipped += [(str(root / p), why) for p, why in meta["skipped"]]
     splits = {}
     for split in files:
-        labels = np.asarray(arrays[f"{split}_labels"])
+        labels = np.array(arrays[f"{split}_labels"], dtype=np.int64)  # small: keep a writable copy
         if len(labels) == 0:
             raise DatasetError(f"{root / split}: none of its images could be decoded; see the skipped list")
         missing = [c for i, c in enumerate(classes) if not (labels == i).any()]

@@ -42,7 +42,7 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
              spec: Preprocess, device: torch.device, **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
     """Top-1/top-5, per-class precision/recall/F1, confusion matrix and mean cross-entropy; plus the logits."""
     logits = logits_for(model, images, spec, device, **kw)
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    targets = torch.as_tensor(np.array(labels, dtype=np.int64))
     report = classification_report(logits, targets, list(classes))
     report["loss"] = float(F.cross_entropy(logits, targets))
     return report, logits

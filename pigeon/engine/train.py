@@ -168,7 +168,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     # A private, writable copy in RAM (the cache is a read-only memory map); uint8 stays uint8.
     images = torch.from_numpy(np.require(train_split.images, requirements="CW")).to(device)
-    labels = torch.from_numpy(np.asarray(train_split.labels)).to(device)
+    labels = torch.from_numpy(np.array(train_split.labels, dtype=np.int64)).to(device)
     mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
     batch = min(cfg.batch, len(labels))
     steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm

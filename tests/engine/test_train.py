@@ -259,3 +259,19 @@ def test_train_on_an_image_folder_forced_rgb(tmp_path: Path, digits_folder: Call
     pred = pigeon.load(result.best, device="cpu").predict(root / "train" / "two" / "000.png")
     assert pred.label in meta["classes"]
     assert pred.probs is not None and pred.probs.shape == (3,)
+
+
+def test_train_and_val_on_a_folder_with_its_own_val_split(tmp_path: Path,
+                                                          digits_folder: Callable[..., Path]) -> None:
+    # With a val/ folder nothing is carved, so the arrays come straight from the read-only cache: training,
+    # evaluation and `val` must still run (warnings are errors here) and `val` must reuse training's cache.
+    root = digits_folder(tmp_path / "data", splits=("train", "val"), per_class={"train": 8, "val": 3})
+    cache = tmp_path / "cache"
+    result = pigeon.train(data=str(root), imgsz=16, epochs=1, batch=8, **FAST, patience=1, val_fraction=0,
+                          project=str(tmp_path / "runs"), cache_dir=str(cache))
+    assert result.val is not None and result.val["n"] == 9
+    entries = sorted(p.name for p in cache.iterdir())
+    report = pigeon.val(result.best, str(root), cache_dir=str(cache), project=None, verbose=False)
+    assert report["split"] == "val" and report["n"] == 9
+    assert report["top1"] == pytest.approx(result.val["top1"])
+    assert sorted(p.name for p in cache.iterdir()) == entries  # no second decode
