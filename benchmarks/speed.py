@@ -1,0 +1,118 @@
+"""Time to accuracy on Fashion-MNIST, 2-core CPU: pigeon's fast profile vs Ultralytics YOLO11n-cls, one run.
+
+pigeon runs the real command line and is timed from process start; each epoch's test accuracy is placed at
+(process start-up + the run's own elapsed time at that epoch). The headline is the final model's test top-1
+(`--val-fraction 0`: no model selection at all, so nothing is chosen on test). The peer (Ultralytics, in its
+own virtual environment, see peer_ultralytics.py) trains YOLO11n-cls from its yaml on the same images
+written as PNG folders, imgsz 32, batch 64, 10 epochs, and is timed the same way.
+
+    python benchmarks/speed.py                         # pigeon x3 seeds + the peer (about 30 minutes)
+    python benchmarks/speed.py --no-peer               # pigeon only; keeps earlier peer results
+    python benchmarks/speed.py --quick                 # smoke run on digits, nothing saved (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import RESULTS, ROOT, run_timed, save, spread
+
+PROFILE = ["--data", "fashion-mnist", "--model", "pigeon-n", "--epochs", "7", "--batch", "256", "--val-fraction", "0"]
+PEER_TARGET = 0.8835  # the best test top-1 Ultralytics YOLO11n-cls reached in 10 epochs (issue #3)
+
+
+def run_pigeon(profile: list[str], seed: int, project: str) -> dict:
+    cmd = [sys.executable, "-m", "pigeon", "train", *profile, "--seed", str(seed), "--project", project,
+           "--name", f"seed{seed}", "--no-verbose", "--no-plots"]
+    wall, out = run_timed(cmd)
+    summary = json.loads(out.strip().splitlines()[-1])
+    run_dir = Path(summary["run_dir"])
+    rows = list(csv.DictReader(open(run_dir / "results.csv")))
+    split = "test" if "test_top1" in rows[0] else "val"
+    startup = wall - float(json.loads((run_dir / "summary.json").read_text())["seconds"])
+    curve = [(round(startup + float(r["elapsed_seconds"]), 1), float(r[f"{split}_top1"])) for r in rows]
+    return {"seed": seed, "wall_seconds": round(wall, 1), "final_top1": summary["test_top1"] or summary["val_top1"],
+            "curve": curve}
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def plot(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for run in results["pigeon"]["runs"]:
+        t, a = zip(*run["curve"])
+        ax.plot(t, [100 * v for v in a], marker="o", color="#1a7f37", alpha=0.8,
+                label="pigeon-n (pigeon)" if run is results["pigeon"]["runs"][0] else None)
+    peer = results.get("peer")
+    if peer:
+        t, a = zip(*peer["curve"])
+        ax.plot(t, [100 * v for v in a], marker="s", color="#cf222e", label="YOLO11n-cls (Ultralytics)")
+    ax.axhline(100 * PEER_TARGET, color="grey", ls=":", lw=1)
+    ax.axhline(93.0, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time from command start (s, log scale)")
+    ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+    ax.set_ylim(80, 95)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--no-peer", action="store_true", help="skip Ultralytics; keep its earlier results")
+    parser.add_argument("--quick", action="store_true", help="1 epoch of digits, no peer, nothing saved")
+    args = parser.parse_args()
+    profile = ["--data", "digits", "--epochs", "1", "--val-fraction", "0"] if args.quick else PROFILE
+    results: dict = {"profile": "pigeon train " + " ".join(profile)}
+    with tempfile.TemporaryDirectory() as project:
+        runs = []
+        for seed in args.seeds[:1] if args.quick else args.seeds:
+            runs.append(run_pigeon(profile, seed, project))
+            print(f"pigeon seed {seed}: {runs[-1]['final_top1']:.2%} in {runs[-1]['wall_seconds']}s", flush=True)
+    results["pigeon"] = {"runs": runs, "final_top1": spread([r["final_top1"] for r in runs]),
+                         "wall_seconds": spread([r["wall_seconds"] for r in runs])}
+    if args.quick:
+        return
+    previous = RESULTS / "speed.json"
+    if args.no_peer:
+        results["peer"] = json.loads(previous.read_text()).get("peer") if previous.exists() else None
+    else:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_ultralytics.py"), "train"],
+                             capture_output=True, text=True, check=True).stdout
+        results["peer"] = json.loads(out.strip().splitlines()[-1])
+    pigeon_t = [time_to(r["curve"], PEER_TARGET) for r in runs]
+    peer = results["peer"]
+    rows = ["| tool | recipe | test top-1 (final) | wall time | time to 88.35% |", "|---|---|---|---|---|"]
+    acc, wall = results["pigeon"]["final_top1"], results["pigeon"]["wall_seconds"]
+    reached = [t for t in pigeon_t if t is not None]
+    rows.append(f"| pigeon | `{results['profile']}`, {acc['n']} seeds | {acc['mean']:.2%} (min {acc['min']:.2%},"
+                f" max {acc['max']:.2%}) | {wall['median']:.0f} s ({wall['min']:.0f}-{wall['max']:.0f}) | "
+                + (f"{sorted(reached)[len(reached) // 2]:.0f} s (median)" if reached else "not reached") + " |")
+    if peer:
+        peer_t = time_to(peer["curve"], PEER_TARGET)
+        rows.append(f"| Ultralytics {peer['version']} | YOLO11n-cls from yaml, imgsz 32, batch 64, 10 epochs, 1 run | "
+                    f"{peer['final_top1']:.2%} | {peer['wall_seconds']:.0f} s | "
+                    + (f"{peer_t:.0f} s" if peer_t else "not reached") + " |")
+        if peer_t and reached:
+            ratio = peer_t / sorted(reached)[len(reached) // 2]
+            results["speedup_to_peer_best"] = ratio
+            rows.append(f"\npigeon reaches the peer's best 10-epoch accuracy ({PEER_TARGET:.2%}) {ratio:.1f}x sooner.")
+    plot(results, ROOT / "benchmarks" / "time_to_accuracy.png")
+    save("speed", results, "\n".join(rows) + "\n\n![accuracy vs wall time](benchmarks/time_to_accuracy.png)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""benchmarks/gpu.sh, in its small CPU mode: it must run end to end and leave its results under $OUT."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_script_quick_mode_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable,
+           "PIGEON_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    device = json.loads((out / "device.json").read_text())
+    assert device["torch"]
+    runs = [json.loads(line) for line in (out / "time_to_accuracy.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and 0.1 < runs[0]["test_top1"] <= 1.0
+    assert (out / "results_e1.csv").read_text().startswith("epoch,")
+    assert "pigeon-n 16px" in (out / "throughput.txt").read_text()
+    assert "skipped" in (out / "gpu_tests.txt").read_text() or "passed" in (out / "gpu_tests.txt").read_text()
