@@ -29,7 +29,7 @@ PEER_TARGET = 0.8835  # the best test top-1 Ultralytics YOLO11n-cls reached in 1
 
 def run_pigeon(profile: list[str], seed: int, project: str) -> dict:
     cmd = [sys.executable, "-m", "pigeon", "train", *profile, "--seed", str(seed), "--project", project,
-           "--name", f"seed{seed}", "--no-verbose", "--no-plots"]
+           "--name", f"seed{seed}", "--exist-ok", "--no-verbose", "--no-plots"]
     wall, out = run_timed(cmd)
     summary = json.loads(out.strip().splitlines()[-1])
     run_dir = Path(summary["run_dir"])
@@ -77,7 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     profile = ["--data", "digits", "--epochs", "1", "--val-fraction", "0"] if args.quick else PROFILE
     results: dict = {"profile": "pigeon train " + " ".join(profile)}
-    with tempfile.TemporaryDirectory() as project:
+    # The runs stay in runs/bench/ (inference.py predicts with seed 0's model); a quick run leaves nothing.
+    with tempfile.TemporaryDirectory() as scratch:
+        project = scratch if args.quick else str(ROOT / "runs" / "bench")
         runs = []
         for seed in args.seeds[:1] if args.quick else args.seeds:
             runs.append(run_pigeon(profile, seed, project))
