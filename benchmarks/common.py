@@ -61,11 +61,15 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return seconds, proc.stdout
 
 
-def save(name: str, payload: dict[str, Any], table: str) -> Path:
-    """Write results/<name>.json and replace the <name> section of BENCHMARKS.md with `table`."""
+def save(name: str, payload: dict[str, Any], table: str, stamp: dict[str, Any] | None = None) -> Path:
+    """Write results/<name>.json and replace the <name> section of BENCHMARKS.md with `table`.
+
+    `stamp` (git, machine, date, command of an earlier measurement) is kept when a table is only rebuilt.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "git": git_revision(), "machine": machine(),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv), **payload}
+    stamp = stamp or {"git": git_revision(), "machine": machine(),
+                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv)}
+    payload = {"benchmark": name, **stamp, **payload}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     m = payload["machine"]

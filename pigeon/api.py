@@ -84,7 +84,7 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     to_model = np.array([clf.classes.index(c) for c in ds.classes], dtype=np.int64)
     part = ds.splits[split]
     report, _ = evaluate(clf.model, part.images, to_model[part.labels], list(clf.classes), spec, clf.device,
-                         batch=batch, amp=clf._amp)
+                         batch=batch, amp=clf.amp, channels_last=clf.channels_last)
     report["split"] = split
     report["data"] = str(data)
     if verbose:

@@ -83,3 +83,27 @@ def digits_folder(tmp_path: Path, digits_arrays: tuple[np.ndarray, np.ndarray]) 
         return root
 
     return make
+
+
+# One small real training run, shared by every module that needs a trained model (train, predict, api, cli).
+SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0, "verbose": False}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of pigeon-n trained on the digits built-in with SHARED_RUN (trained once per session)."""
+    import pigeon
+
+    base = tmp_path_factory.getbasetemp()
+    run_dir = base / "shared-digits-run" / "digits"
+    pigeon.train(data="digits", **SHARED_RUN, cache_dir=str(base / "shared-digits-cache"),
+                 project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def clf(digits_run: Path):  # type: ignore[no-untyped-def]
+    """digits_run's best checkpoint, loaded on the CPU."""
+    import pigeon
+
+    return pigeon.load(digits_run / "weights" / "best.safetensors", device="cpu")

@@ -13,24 +13,6 @@ import pigeon
 from pigeon.engine.predict import Classifier
 from pigeon.errors import DatasetError
 
-# The run shared by the modules that need a trained model (identical in each; trained once per session).
-SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0, "verbose": False}
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    run_dir = base / "shared-digits-run" / "digits"
-    if not (run_dir / "summary.json").is_file():
-        pigeon.train(data="digits", **SHARED_RUN, cache_dir=str(base / "shared-digits-cache"),
-                     project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def clf(digits_run: Path) -> Classifier:
-    return pigeon.load(digits_run / "weights" / "best.safetensors", device="cpu")
-
 
 def _folder(root: Path, digits: dict[str, int], per_class: int = 5) -> Path:
     """root/<name>/<i>.png holding real 8x8 images of the given digit (the model's native size)."""

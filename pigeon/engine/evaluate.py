@@ -14,12 +14,13 @@ from pigeon.engine.device import autocast
 from pigeon.metrics import classification_report
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Preprocess, device: torch.device,
                batch: int = 512, amp: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 logits [N, K] on the CPU."""
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: skip it on the hot predict path, where it is a no-op
+        model.eval()
     mean = torch.tensor(spec.mean, device=device)
     std = torch.tensor(spec.std, device=device)
     out = []
@@ -32,7 +33,8 @@ def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Prepro
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             out.append(model(x).float().cpu())
-    model.train(was_training)
+    if was_training:
+        model.train()
     if not out:
         return torch.empty(0, getattr(model, "num_classes", 0))
     return torch.cat(out)

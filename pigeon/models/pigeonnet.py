@@ -84,7 +84,6 @@ class PigeonNet(nn.Module):
 
 
 VARIANTS = {
-    # Widths are multiples of 32: oneDNN's bf16 CPU kernels are several times slower on other widths.
     "pigeon-n": ((32, 64, 128), (0, 1, 1)),
     "pigeon-s": ((64, 128, 256), (0, 1, 1)),
     "pigeon-m": ((64, 128, 256), (1, 2, 2)),

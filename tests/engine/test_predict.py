@@ -15,24 +15,6 @@ from pigeon.engine.evaluate import evaluate
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.errors import ConfigError, DatasetError
 
-# The run shared by the modules that need a trained model (identical in each; trained once per session).
-SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0, "verbose": False}
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    run_dir = base / "shared-digits-run" / "digits"
-    if not (run_dir / "summary.json").is_file():
-        pigeon.train(data="digits", **SHARED_RUN, cache_dir=str(base / "shared-digits-cache"),
-                     project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def clf(digits_run: Path) -> Classifier:
-    return pigeon.load(digits_run / "weights" / "best.safetensors", device="cpu")
-
 
 @pytest.fixture(scope="module")
 def test_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +124,8 @@ def test_batch_array_gives_one_prediction_per_image(clf: Classifier,
 
 def test_predictions_agree_with_evaluate(clf: Classifier, test_split: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = test_split
-    report, logits = evaluate(clf.model, images, labels, list(clf.classes), clf.preprocess, clf.device)
+    report, logits = evaluate(clf.model, images, labels, list(clf.classes), clf.preprocess, clf.device,
+                              amp=clf.amp, channels_last=clf.channels_last)
     preds = clf.predict(images, batch=512)
     assert len(preds) == len(labels) == 450
     assert [p.top1 for p in preds] == logits.argmax(1).tolist()

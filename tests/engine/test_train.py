@@ -24,19 +24,7 @@ from pigeon.engine import train as train_mod
 from pigeon.errors import ConfigError
 from pigeon.models import create_model
 
-# The run shared by the modules that need a trained model (identical in each; trained once per session).
-SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0, "verbose": False}
 FAST = {"amp": "off", "device": "cpu", "verbose": False, "plots": False}
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    run_dir = base / "shared-digits-run" / "digits"
-    if not (run_dir / "summary.json").is_file():
-        pigeon.train(data="digits", **SHARED_RUN, cache_dir=str(base / "shared-digits-cache"),
-                     project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
-    return run_dir
 
 
 @pytest.fixture
