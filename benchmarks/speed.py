@@ -63,7 +63,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("wall time from command start (s, log scale)")
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
-    ax.set_ylim(80, 95)
+    ax.set_ylim(70, 95)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")
     fig.savefig(path, dpi=110)
