@@ -37,7 +37,7 @@ def check_types(config: Any) -> None:
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
         value = getattr(config, f.name)
-        allowed = tuple(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)))
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
         if value is None and type(None) in allowed:
             continue
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
