@@ -32,7 +32,8 @@ def load(path: str | os.PathLike[str], device: str = "auto") -> Classifier:
     """Load a pigeon checkpoint (.safetensors) as a Classifier ready to predict."""
     from pigeon.engine import checkpoint
 
-    suffix = Path(path).suffix.lower()
+    path = Path(path)
+    suffix = path.suffix.lower()
     if suffix in (".pt", ".pth", ".pkl", ".ckpt"):
         raise CheckpointError(f"{path}: pigeon loads its own .safetensors checkpoints; a {suffix} file can hold "
                               "pickled code and is never loaded here. Use runs/train/<name>/weights/best.safetensors")

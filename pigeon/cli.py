@@ -19,6 +19,8 @@ from pigeon.errors import ConfigError, PigeonError, did_you_mean
 TRAIN_HELP = {
     "data": "image folder (root/{train,val,test}/<class>/...) or built-in: fashion-mnist, digits",
     "model": "model name (see `pigeon models`)",
+    "weights": "start from these weights: a pigeon checkpoint, .safetensors, .pth state dict (read without "
+               "running code), 'timm' (the timm model's pretrained weights) or hf-hub:org/repo[/file]",
     "epochs": "passes over the training data",
     "batch": "images per training step",
     "imgsz": "square input size; default: the data's own size (28 for fashion-mnist), 64 for folders",
@@ -36,6 +38,9 @@ TRAIN_HELP = {
     "amp": "mixed precision: auto (bf16 where the CPU/GPU supports it), off, bf16, fp16 (GPU)",
     "channels_last": "channels-last memory format (default on, except on mps)",
     "grad_clip": "clip the gradient norm to this value (0 = off)",
+    "freeze_epochs": "train only the classifier head for this many epochs (BatchNorm statistics frozen too), "
+                     "then everything; needs --weights",
+    "backbone_lr_mult": "learning-rate multiplier for everything but the head (needs --weights)",
     "fliplr": "horizontal flip probability; default 0.5 (0 for digits)",
     "translate": "random shift in pixels (pad and crop); default imgsz/10",
     "resized_crop": "random resized crop; default on for imgsz >= 64",
@@ -75,8 +80,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pigeon", description="Image classification: train, val, predict.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="pigeon", allow_abbrev=False,
+                                     description="Image classification: train, val, predict.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,models}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
@@ -108,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-json", metavar="PATH", help="write all predictions to this JSON file")
     p.add_argument("--save-csv", metavar="PATH", help="write all predictions to this CSV file")
 
-    verbs.add_parser("models", help="list the available model names")
+    p = verbs.add_parser("models", help="list the available model names",
+                         description="pigeon's own models, and how to name timm and torchvision ones.")
+    p.add_argument("--filter", metavar="PATTERN", help="list every model matching this pattern (e.g. "
+                   "'resnet*'), timm's and torchvision's included")
     return parser
 
 
@@ -148,6 +156,27 @@ def _write_predictions(preds: list[Any], json_path: str | None, csv_path: str | 
         atomic_write_text(csv_path, buf.getvalue())
 
 
+def _print_models(pattern: str | None) -> int:
+    import pigeon
+    from pigeon.models import create_model, zoo
+
+    if pattern is not None:
+        found = pigeon.list_models(pattern)
+        print("\n".join(found) if found else f"no model matches {pattern!r}")
+        return 0 if found else 1
+    print(f"{'model':<12}{'parameters':>12}  (10 classes, 1 channel, 28x28)")
+    for name in pigeon.list_models():
+        model = create_model(name, num_classes=10, in_chans=1, imgsz=28)
+        print(f"{name:<12}{sum(p.numel() for p in model.parameters()):>12,}")
+    for prefix, package in zoo.PREFIXES.items():
+        if zoo.available(prefix):
+            print(f"{prefix}:<name>  {len(zoo.names(prefix))} {package} architectures, e.g. "
+                  f"--model {prefix}:resnet18; list them with `pigeon models --filter 'resnet*'`")
+        else:
+            print(f"{prefix}:<name>  {package} architectures: pip install 'pigeon[{prefix}]'")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import pigeon
 
@@ -171,13 +200,7 @@ def run(args: argparse.Namespace) -> int:
         _write_predictions(preds, args.save_json, args.save_csv)
         return 0 if all(p.ok for p in preds) else 1
     if args.verb == "models":
-        from pigeon.models import create_model
-
-        print(f"{'model':<12}{'parameters':>12}  (10 classes, 1 channel, 28x28)")
-        for name in pigeon.list_models():
-            model = create_model(name, num_classes=10, in_chans=1, imgsz=28)
-            print(f"{name:<12}{sum(p.numel() for p in model.parameters()):>12,}")
-        return 0
+        return _print_models(args.filter)
     raise AssertionError(args.verb)
 
 

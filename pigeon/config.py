@@ -57,6 +57,7 @@ class TrainConfig:
 
     data: str
     model: str = "pigeon-n"
+    weights: str | None = None
     epochs: int = 10
     batch: int = 128
     imgsz: int | None = None
@@ -74,6 +75,8 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     grad_clip: float = 0.0
+    freeze_epochs: int = 0
+    backbone_lr_mult: float = 1.0
     fliplr: float | None = None
     translate: int | None = None
     resized_crop: bool | None = None
@@ -113,6 +116,14 @@ class TrainConfig:
         _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
         _check_range("ema_decay", self.ema_decay, 0.0, 1.0)
         _check_range("grad_clip", self.grad_clip, 0.0)
+        _check_range("freeze_epochs", self.freeze_epochs, 0)
+        _check_range("backbone_lr_mult", self.backbone_lr_mult, 0.0)
+        if self.backbone_lr_mult != 1.0 and not self.weights:
+            raise ConfigError("backbone_lr_mult needs weights: from scratch there is no pretrained backbone to treat "
+                              "gently. Pass weights=... (--weights) or drop backbone_lr_mult")
+        if self.freeze_epochs and not self.weights:
+            raise ConfigError("freeze_epochs needs weights: a frozen, randomly initialised backbone would train "
+                              "only the head. Pass weights=... (--weights) or drop freeze_epochs")
         _check_range("fliplr", self.fliplr, 0.0, 1.0)
         _check_range("translate", self.translate, 0)
         _check_range("erase", self.erase, 0.0, 1.0)

@@ -196,3 +196,61 @@ def test_val_writes_a_report(best: str, digits_run: Path, tmp_path: Path, capsys
     assert report["top1"] == json.loads((digits_run / "summary.json").read_text())["test"]["top1"]
     out = capsys.readouterr().out
     assert f"top-1 {100 * report['top1']:.2f}%" in out and f"report written to {tmp_path / 'v'}" in out
+
+
+def test_models_names_timm_and_torchvision_prefixes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "timm:<name>" in out and "tv:<name>" in out
+    assert "--model timm:resnet18" in out and "--model tv:resnet18" in out
+    assert "pip install" not in out  # both libraries are installed here
+
+
+def test_models_filter_lists_matching_architectures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--filter", "resnet1*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "timm:resnet18" in lines and "tv:resnet18" in lines
+    assert "tv:resnet50" not in lines and "pigeon-n" not in lines
+    assert all(line.partition(":")[2].startswith("resnet1") for line in lines)
+
+
+def test_models_filter_without_a_match_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--filter", "no_such_net*"]) == 1
+    assert capsys.readouterr().out == "no model matches 'no_such_net*'\n"
+
+
+def test_train_freeze_epochs_without_weights_fails_with_a_message(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "digits", "--freeze-epochs", "1", "--project", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ConfigError: freeze_epochs needs weights")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_with_missing_weights_fails_before_reading_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", str(tmp_path / "no-data"), "--weights", str(tmp_path / "nope.pth"),
+                 "--project", str(tmp_path / "runs")])
+    assert code == 1
+    assert capsys.readouterr().err.startswith(f"CheckpointError: --weights {tmp_path / 'nope.pth'}: no such file")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_fine_tunes_with_weights_freeze_and_backbone_lr(digits_folder, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data = digits_folder(tmp_path / "d", splits=("train", "val"), per_class={"train": 4, "val": 2})
+    common = ["--amp", "off", "--device", "cpu", "--no-ema", "--no-plots", "--no-verbose", "--epochs", "1",
+              "--cache-dir", str(tmp_path / "cache"), "--project", str(tmp_path / "runs")]
+    assert main(["train", "--data", str(data), "--imgsz", "16", "--name", "pre", *common]) == 0
+    pre = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["best"]
+    assert main(["train", "--data", str(data), "--weights", pre, "--freeze-epochs", "1", "--backbone-lr-mult", "0.2",
+                 "--name", "fine", *common]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "runs" / "fine" / "config.json").read_text())
+    assert (config["weights"], config["freeze_epochs"], config["backbone_lr_mult"], config["imgsz"]) == (pre, 1, 0.2,
+                                                                                                          16)
+    meta = json.loads((tmp_path / "runs" / "fine" / "weights" / "best.meta.json").read_text())
+    assert meta["pretrained"]["carried_classes"] == ["0", "1", "2"]
+

@@ -25,11 +25,13 @@ from pigeon.engine import checkpoint
 from pigeon.engine.device import amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
+from pigeon.engine.pretrained import fit_weights, read_weights
 from pigeon.engine.schedule import ema_decay_for, lr_at
 from pigeon.errors import ConfigError
 from pigeon.io import atomic_path, atomic_write_text, write_json
 from pigeon.metrics import format_report
-from pigeon.models import MODELS, create_model
+from pigeon.models import check_model_name, create_model
+from pigeon.models.surgery import head_parameter_names
 from pigeon.progress import progress
 
 
@@ -78,15 +80,24 @@ def make_run_dir(project: str, name: str, exist_ok: bool) -> Path:
     raise RuntimeError(f"too many runs named {name} in {project}")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # Decay only weight matrices and kernels: decaying BatchNorm scales and biases just fights the data.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, head: set[str] | None = None,
+                 backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """Parameter groups, each with an `lr_mult` that scales the scheduled learning rate.
+
+    Only weight matrices and kernels are decayed: decaying BatchNorm scales and biases just fights the data.
+    With `head` (parameter names), everything else is the backbone and gets `backbone_lr_mult`.
+    """
+    groups: list[dict[str, Any]] = []
+    for in_head in (False, True) if head else (False,):
+        named = [(n, p) for n, p in model.named_parameters() if head is None or (n in head) == in_head]
+        mult = 1.0 if in_head or head is None else backbone_lr_mult
+        groups += [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": weight_decay, "lr_mult": mult},
+                   {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult}]
+    return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, float(cfg.weight_decay or 0.0))
+def make_optimizer(model: nn.Module, cfg: TrainConfig, head: set[str] | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, float(cfg.weight_decay or 0.0), head, cfg.backbone_lr_mult)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=float(cfg.lr or 0), momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=float(cfg.lr or 0), betas=(0.9, 0.999))
@@ -96,7 +107,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
                scaler: torch.amp.GradScaler, lr: float, amp: torch.dtype | None, label_smoothing: float,
                grad_clip: float) -> torch.Tensor:
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     with autocast(x.device, amp):
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     scaler.scale(loss).backward()
@@ -107,6 +118,22 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     scaler.update()
     opt.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def set_backbone_frozen(model: nn.Module, head: set[str], frozen: bool) -> None:
+    """Train mode, with the backbone's weights and BatchNorm statistics fixed while `frozen`.
+
+    Frozen parameters get no gradient, so the optimizer skips them (no update, no momentum, no decay) and
+    backward stops at the head, which makes frozen epochs cheap.
+    """
+    model.train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in head or not frozen)
+    if frozen:
+        head_modules = {name.rpartition(".")[0] for name in head}
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
+                m.eval()
 
 
 def _score(report: dict[str, Any], metric: str) -> float:
@@ -125,9 +152,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _train(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
-    if cfg.model not in MODELS:
-        create_model(cfg.model, num_classes=2, in_chans=1, imgsz=8)  # raises with the closest valid name
+    check_model_name(cfg.model)
     say = print if cfg.verbose else (lambda *a, **k: None)
+    weights = read_weights(cfg.weights, cfg.model) if cfg.weights else None  # fail before decoding any data
+    if weights is not None and weights.preprocess and cfg.imgsz is None:
+        # pigeon's layout depends on the input size, so its checkpoints fine-tune at the size they learnt
+        cfg = dataclasses.replace(cfg, imgsz=int(weights.preprocess["imgsz"]))
+        say(f"note: imgsz {cfg.imgsz} follows the checkpoint in --weights; set --imgsz to change it")
     device = select_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -141,6 +172,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
     cfg = resolve(cfg, ds, device)
+    spec, classes = ds.preprocess, list(ds.classes)
+    model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
+    transfer = fit_weights(model, weights, classes, cfg.model) if weights is not None else None  # before any file
     slug = re.sub(r"[^\w.-]+", "_", ds.name)
     run_dir = make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}", cfg.exist_ok)
     (run_dir / "weights").mkdir(exist_ok=True)
@@ -153,14 +187,15 @@ def _train(cfg: TrainConfig) -> TrainResult:
         for p, why in ds.skipped[:5]:
             say(f"  {p}: {why}")
 
-    spec, classes = ds.preprocess, list(ds.classes)
+    if transfer is not None:
+        say(transfer.describe())
     train_split = ds.splits["train"]
     eval_name = "val" if "val" in ds.splits else ("test" if "test" in ds.splits else None)
-    model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(device).to(memory_format=memory_format)
     amp = amp_dtype(device, str(cfg.amp))
-    opt = make_optimizer(model, cfg)
+    head = head_parameter_names(model) if weights is not None else None
+    opt = make_optimizer(model, cfg, head)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     augment = Augment(flip=float(cfg.fliplr or 0), translate=int(cfg.translate or 0),
                       resized_crop=bool(cfg.resized_crop), erase=cfg.erase)
@@ -178,6 +213,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     eval_kw = {"amp": amp, "channels_last": bool(cfg.channels_last)}
     meta_base = {"model": cfg.model, "classes": classes, "preprocess": spec.to_dict(),
                  "config": cfg.to_dict(), "data": {"name": ds.name, "fingerprint": ds.fingerprint}}
+    if transfer is not None:
+        meta_base["pretrained"] = transfer.to_dict()
 
     say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {cfg.epochs} epochs on {device} "
@@ -186,7 +223,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
     best_score, best_epoch, stale, step = -math.inf, 0, 0, 0
     best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
+        frozen = epoch <= cfg.freeze_epochs
+        if head is not None and cfg.freeze_epochs and epoch in (1, cfg.freeze_epochs + 1):
+            say(f"epoch {epoch}: backbone {'frozen (head only)' if frozen else 'unfrozen'}")
+        if head is not None:
+            set_backbone_frozen(model, head, frozen)
+        else:
+            model.train()
         t_epoch = time.perf_counter()
         order = torch.randperm(len(labels), generator=gen).to(device)
         bar = progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=cfg.verbose,
