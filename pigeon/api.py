@@ -1,18 +1,21 @@
-"""The verbs, as Python functions: train, val, predict, load. The CLI calls exactly these."""
+"""The verbs, as Python functions: train, val, predict, export, load. The CLI calls exactly these."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pigeon.config import PredictConfig, TrainConfig, build
+from pigeon.config import BenchConfig, ExportConfig, PredictConfig, TrainConfig, build
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.engine.train import TrainResult, make_run_dir
 from pigeon.engine.train import train as _train
 from pigeon.errors import CheckpointError, DatasetError
+
+if TYPE_CHECKING:
+    from pigeon.deploy import ExportResult
 
 
 def train(data: str, **options: Any) -> TrainResult:
@@ -29,7 +32,8 @@ def train(data: str, **options: Any) -> TrainResult:
 
 
 def load(path: str | os.PathLike[str], device: str = "auto") -> Classifier:
-    """Load a pigeon checkpoint (.safetensors) as a Classifier ready to predict."""
+    """Load a checkpoint (.safetensors) or an export (.onnx, .torchscript, OpenVINO folder or .xml) as a
+    Classifier ready to predict. Exports run on the CPU with the preprocessing their contract records."""
     from pigeon.engine import checkpoint
 
     path = Path(path)
@@ -37,8 +41,46 @@ def load(path: str | os.PathLike[str], device: str = "auto") -> Classifier:
     if suffix in (".pt", ".pth", ".pkl", ".ckpt"):
         raise CheckpointError(f"{path}: pigeon loads its own .safetensors checkpoints; a {suffix} file can hold "
                               "pickled code and is never loaded here. Use runs/train/<name>/weights/best.safetensors")
+    if suffix in (".onnx", ".torchscript", ".xml") or (path.is_dir() and any(path.glob("*.xml"))):
+        from pigeon.deploy import load_runtime
+
+        model, meta = load_runtime(path)
+        return Classifier(model, meta, device="cpu")
     model, meta = checkpoint.load_model(path)
     return Classifier(model, meta, device=device)
+
+
+def export(model: str | os.PathLike[str], format: str = "onnx", **options: Any) -> ExportResult:
+    """Export a checkpoint and check it against PyTorch on real images; see `ExportConfig` for options.
+
+    Returns an ExportResult with `path`, the embedded `contract` and its `parity` report.
+    """
+    from pigeon.deploy import export as _export
+
+    return _export(build(ExportConfig, model=str(model), format=format, **options))
+
+
+def bench(model: str | os.PathLike[str], **options: Any) -> list[dict[str, Any]]:
+    """Measure a checkpoint across formats and input sizes; see `BenchConfig`. Returns one row per pair.
+
+    With `project` set (default runs/bench) it also writes bench.json and bench.md into project/name.
+    """
+    from pigeon.deploy.bench import bench as _bench
+    from pigeon.deploy.bench import table
+    from pigeon.io import atomic_write_text, write_json
+
+    cfg = build(BenchConfig, model=str(model), **options)
+    rows = _bench(cfg)
+    text = table(rows)
+    if cfg.verbose:
+        print(text)
+    if cfg.project:
+        run_dir = make_run_dir(cfg.project, cfg.name or Path(cfg.model).with_suffix("").name, False)
+        write_json(run_dir / "bench.json", {"config": cfg.__dict__, "rows": rows})
+        atomic_write_text(run_dir / "bench.md", text + "\n")
+        if cfg.verbose:
+            print(f"results written to {run_dir}")
+    return rows
 
 
 def _classifier(model: str | os.PathLike[str] | Classifier, device: str) -> Classifier:

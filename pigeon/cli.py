@@ -13,7 +13,18 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from pigeon.config import AMP_MODES, OPTIMIZERS, RESIZE_MODES, SCHEDULES, SELECT_METRICS, TrainConfig
+from pigeon.config import (
+    AMP_MODES,
+    BENCH_FORMATS,
+    EXPORT_FORMATS,
+    OPTIMIZERS,
+    RESIZE_MODES,
+    SCHEDULES,
+    SELECT_METRICS,
+    BenchConfig,
+    ExportConfig,
+    TrainConfig,
+)
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
 
 TRAIN_HELP = {
@@ -59,8 +70,41 @@ TRAIN_HELP = {
     "plots": "write PNG plots (curves, confusion matrix, predictions)",
     "verbose": "print progress and results",
 }
-CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "resize": RESIZE_MODES,
-           "select": SELECT_METRICS}
+EXPORT_HELP = {
+    "model": "checkpoint to export: runs/train/<name>/weights/best.safetensors",
+    "format": "onnx, torchscript or openvino",
+    "out": "output path (default: beside the checkpoint: best.onnx, best_int8.onnx, best.torchscript, "
+           "best_openvino/)",
+    "imgsz": "input size of the exported graph (default: the checkpoint's)",
+    "dynamic_batch": "accept any batch size (default: batch 1)",
+    "opset": "ONNX opset",
+    "int8": "static INT8 quantization of the ONNX graph, calibrated on training images",
+    "calib_data": "images to calibrate INT8 on: a folder or built-in name (default: the training data)",
+    "calib_images": "how many training images calibrate INT8",
+    "data": "real images for the parity check (default: the training data named in the checkpoint)",
+    "check": "compare the export with PyTorch on real images and refuse it if they disagree",
+    "check_images": "how many images the parity check uses",
+    "min_agreement": "least top-1 agreement with PyTorch an fp32 export must reach",
+    "int8_max_drop": "largest top-1 accuracy drop INT8 may cost against fp32 (0.01 = 1 point)",
+    "cache_dir": "where decoded images are cached",
+    "verbose": "print the parity report and the written file",
+}
+BENCH_HELP = {
+    "model": "checkpoint to measure: runs/train/<name>/weights/best.safetensors",
+    "formats": f"comma-separated: {','.join(BENCH_FORMATS)}",
+    "imgsz": "comma-separated input sizes, e.g. 28,64 (default: the checkpoint's)",
+    "data": "images for accuracy (val split, else test) (default: the training data)",
+    "runs": "timed single-image predictions per row (at least 50)",
+    "warmup": "untimed predictions before timing",
+    "batch": "batch size for the throughput figure",
+    "throughput_seconds": "how long to measure throughput per row",
+    "cache_dir": "where decoded images are cached",
+    "project": "parent folder for bench.json and bench.md",
+    "name": "results folder name",
+    "verbose": "print each row as it is measured",
+}
+CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
+           "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
@@ -81,9 +125,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pigeon", allow_abbrev=False,
-                                     description="Image classification: train, val, predict.")
+                                     description="Image classification: train, val, predict, export, bench.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,models}")
+    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,models}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
     p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
@@ -112,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--save-json", metavar="PATH", help="write all predictions to this JSON file")
     p.add_argument("--save-csv", metavar="PATH", help="write all predictions to this CSV file")
+
+    p = verbs.add_parser("export", help="export a checkpoint to ONNX (fp32/INT8), TorchScript or OpenVINO",
+                         description="Export a checkpoint with its preprocessing contract, checked against "
+                                     "PyTorch on real images. Every option is also a keyword of pigeon.export().")
+    _add_dataclass_options(p, ExportConfig, EXPORT_HELP)
+
+    p = verbs.add_parser("bench", help="accuracy, latency, throughput and size across formats and input sizes",
+                         description="Measure a checkpoint as PyTorch and as each export. Every option is also a "
+                                     "keyword of pigeon.bench().")
+    _add_dataclass_options(p, BenchConfig, BENCH_HELP)
 
     p = verbs.add_parser("models", help="list the available model names",
                          description="pigeon's own models, and how to name timm and torchvision ones.")
@@ -199,6 +253,15 @@ def run(args: argparse.Namespace) -> int:
         _print_predictions(preds, args.top_k)
         _write_predictions(preds, args.save_json, args.save_csv)
         return 0 if all(p.ok for p in preds) else 1
+    if args.verb == "export":
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
+        result = pigeon.export(**options)
+        print(json.dumps({"path": str(result.path), "parity": result.parity}))
+        return 0
+    if args.verb == "bench":
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
+        pigeon.bench(**options)
+        return 0
     if args.verb == "models":
         return _print_models(args.filter)
     raise AssertionError(args.verb)

@@ -147,6 +147,88 @@ class PredictConfig:
         _check_range("batch", self.batch, 1)
 
 
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """An export of a checkpoint; `check` runs the parity check against PyTorch on real images."""
+
+    model: str
+    format: str = "onnx"
+    out: str | None = None
+    imgsz: int | None = None
+    dynamic_batch: bool = False
+    opset: int = 18
+    int8: bool = False
+    calib_data: str | None = None
+    calib_images: int = 256
+    data: str | None = None
+    check: bool = True
+    check_images: int = 500
+    min_agreement: float = 0.995
+    int8_max_drop: float = 0.01
+    cache_dir: str | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check_choice("format", self.format, EXPORT_FORMATS)
+        _check_range("imgsz", self.imgsz, 8, 1024)
+        _check_range("opset", self.opset, 18, 30)
+        _check_range("calib_images", self.calib_images, 1)
+        _check_range("check_images", self.check_images, 1)
+        _check_range("min_agreement", self.min_agreement, 0.0, 1.0)
+        _check_range("int8_max_drop", self.int8_max_drop, 0.0, 1.0)
+        if self.int8 and self.format != "onnx":
+            raise ConfigError(f"int8 is a post-training quantization of the ONNX graph; use format='onnx' with int8, "
+                              f"not {self.format!r}")
+
+
+BENCH_FORMATS = ("torch", "onnx", "onnx-int8", "torchscript", "openvino")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`pigeon bench`: formats and input sizes are comma-separated lists, as on the command line."""
+
+    model: str
+    formats: str = "torch,onnx,onnx-int8,openvino"
+    imgsz: str | None = None
+    data: str | None = None
+    runs: int = 100
+    warmup: int = 10
+    batch: int = 64
+    throughput_seconds: float = 3.0
+    cache_dir: str | None = None
+    project: str | None = "runs/bench"
+    name: str | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for fmt in self.format_list:
+            _check_choice("formats", fmt, BENCH_FORMATS)
+        try:
+            sizes = self.sizes
+        except ValueError:
+            raise ConfigError(f"imgsz={self.imgsz!r} is not a comma-separated list of sizes, e.g. 28,64") from None
+        for size in sizes:
+            _check_range("imgsz", size, 8, 1024)
+        _check_range("runs", self.runs, 50)  # fewer warm runs make a p90 meaningless
+        _check_range("warmup", self.warmup, 0)
+        _check_range("batch", self.batch, 1)
+        _check_range("throughput_seconds", self.throughput_seconds, 0.0, lo_open=True)
+
+    @property
+    def format_list(self) -> list[str]:
+        return [f.strip() for f in self.formats.split(",") if f.strip()]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(v) for v in (self.imgsz or "").split(",") if v.strip()]
+
+
 C = TypeVar("C")
 
 

@@ -254,3 +254,86 @@ def test_train_fine_tunes_with_weights_freeze_and_backbone_lr(digits_folder, tmp
     meta = json.loads((tmp_path / "runs" / "fine" / "weights" / "best.meta.json").read_text())
     assert meta["pretrained"]["carried_classes"] == ["0", "1", "2"]
 
+
+# -- export and bench -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("verb", "options"), [
+    ("export", ["--model", "--format", "--out", "--imgsz", "--dynamic-batch", "--int8", "--calib-data", "--data",
+                "--no-check", "--min-agreement", "--int8-max-drop"]),
+    ("bench", ["--model", "--formats", "--imgsz", "--runs", "--warmup", "--throughput-seconds", "--project"]),
+])
+def test_help_for_export_and_bench(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([verb, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pigeon {verb}")
+    for option in options:
+        assert option in out, option
+
+
+def test_export_then_predict_with_the_export(best: str, images: list[Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "exports" / "digits.onnx"
+    assert main(["export", "--model", best, "--format", "onnx", "--out", str(out), "--check-images", "50",
+                 "--dynamic-batch"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("parity on 50 real images: top-1 agreement ")
+    assert lines[1].startswith(f"exported {best} -> {out} (")
+    result = json.loads(lines[-1])
+    assert result["path"] == str(out) and out.is_file()
+    assert result["parity"]["images"] == 50 and result["parity"]["top1_agreement"] >= 0.995
+    assert pigeon.load(out).meta["contract"]["parity"] == result["parity"]
+
+    assert main(["predict", "--model", str(out), "--source", str(images[0].parent), "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = pigeon.predict(best, [str(p) for p in images], top_k=1, device="cpu")
+    assert [line.split(": ")[0] for line in lines] == [str(p) for p in images]
+    assert [line.split(": ")[1].split(" (")[0] for line in lines] == [p.label for p in expected]
+
+
+def test_export_quiet_prints_only_the_json(best: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.torchscript"
+    assert main(["export", "--model", best, "--format", "torchscript", "--out", str(out), "--no-check",
+                 "--no-verbose"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": str(out), "parity": None}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript", "m.torchscript.json"]
+
+
+def test_export_refusals(best: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:  # argparse knows the formats
+        main(["export", "--model", best, "--format", "xyz"])
+    assert info.value.code == 2
+    assert "invalid choice: 'xyz'" in capsys.readouterr().err
+
+    out = str(tmp_path / "m.torchscript")
+    assert main(["export", "--model", best, "--format", "torchscript", "--int8", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ConfigError: int8 is a post-training quantization") and err.count("\n") == 1
+
+    assert main(["export", "--model", best, "--imgsz", "16", "--out", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ExportError: pigeon-n changes its layout between 8 and 16 px") and err.count("\n") == 1
+
+    (tmp_path / "model.pt").write_bytes(b"never read")
+    assert main(["export", "--model", str(tmp_path / "model.pt")]) == 1
+    assert capsys.readouterr().err.startswith("CheckpointError: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing was written
+
+
+def test_bench_writes_its_results(best: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", best, "--formats", "torch", "--runs", "50", "--warmup", "0",
+                 "--throughput-seconds", "0.2", "--project", str(tmp_path), "--name", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "| torch | 8px |" in out and f"results written to {tmp_path / 'b'}" in out
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert [(r["format"], r["imgsz"], r["latency_runs"]) for r in saved["rows"]] == [("torch", 8, 50)]
+    assert (tmp_path / "b" / "bench.md").read_text().count("| torch | 8px |") == 1
+
+
+def test_bench_refusals(best: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", best, "--runs", "10", "--project", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "ConfigError: runs=10 is out of range; it must be >= 50\n"
+    assert main(["bench", "--model", best, "--formats", "torch,xyz", "--project", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("ConfigError: formats='xyz' is not valid")
+    assert list(tmp_path.iterdir()) == []

@@ -131,7 +131,8 @@ class Classifier:
         # the model was trained and measured with amp off.
         trained_amp = meta.get("config", {}).get("amp", "auto")
         self.amp = None if trained_amp == "off" else amp_dtype(self.device, "auto")
-        self.channels_last = self.device.type != "mps"
+        # An exported model (meta["runtime"]) takes plain fp32 NCHW arrays; memory format means nothing to it.
+        self.channels_last = self.device.type != "mps" and "runtime" not in meta
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 

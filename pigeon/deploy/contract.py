@@ -1,0 +1,98 @@
+"""The contract an exported model carries: everything needed to feed it and read it, with no pigeon code.
+
+ONNX files hold it as JSON under the metadata key "pigeon"; TorchScript and OpenVINO exports hold it in a
+JSON file beside the model. `pigeon.load()` reads it back and applies exactly the preprocessing it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pigeon.errors import CheckpointError
+
+FORMAT = "pigeon-export"
+FORMAT_VERSION = 1
+METADATA_KEY = "pigeon"
+TORCHSCRIPT_ENTRY = "pigeon.json"  # an "extra file" inside the TorchScript zip archive
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int, dynamic_batch: bool,
+                  checkpoint: str) -> dict[str, Any]:
+    pre = {**meta["preprocess"], "imgsz": imgsz}
+    channels = int(pre["channels"])
+    from pigeon.engine.checkpoint import versions
+
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "runtime": runtime, "precision": precision,
+        "model": meta["model"], "classes": list(meta["classes"]), "preprocess": pre,
+        "input": {
+            "name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
+            "shape": ["batch" if dynamic_batch else 1, channels, imgsz, imgsz],
+            "color_order": "RGB" if channels == 3 else "grayscale (L)",
+            "resize": {"crop": f"shorter side to {imgsz}, then centre crop {imgsz}x{imgsz}",
+                       "pad": f"longer side to {imgsz}, then pad to square",
+                       "stretch": f"resize to {imgsz}x{imgsz} ignoring aspect ratio"}[pre["resize"]],
+            "normalize": "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
+        },
+        "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis"},
+        "source": {"checkpoint": checkpoint, "sha256": meta.get("sha256")},
+        "versions": versions(),
+    }
+
+
+def sidecar(path: Path) -> Path:
+    """Where a non-ONNX export keeps its contract as plain JSON: model.torchscript -> model.torchscript.json
+    (a copy: the archive holds the original); an OpenVINO folder keeps pigeon.json inside."""
+    return path / "pigeon.json" if path.is_dir() else path.with_name(path.name + ".json")
+
+
+def _torchscript_entry(path: Path) -> str:
+    """Read the contract straight from the zip archive, without loading (running) the TorchScript program."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_ENTRY}")), None)
+            if name is None:
+                raise CheckpointError(f"{path}: this TorchScript file has no pigeon contract (classes, "
+                                      "preprocessing); it was not written by `pigeon export`. Export it with pigeon")
+            return archive.read(name).decode()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable TorchScript archive ({err}); export it again") from None
+
+
+def read_contract(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if path.suffix == ".xml":  # an OpenVINO model: its contract is the folder's
+        path = path.parent
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # noqa: BLE001 - onnx raises many types for a damaged file
+            raise CheckpointError(f"{path}: not a readable ONNX file ({type(err).__name__}); export it again") from None
+        props = {p.key: p.value for p in model.metadata_props}
+        if METADATA_KEY not in props:
+            raise CheckpointError(f"{path}: this ONNX file has no pigeon contract (classes, preprocessing); it was "
+                                  "not written by `pigeon export`. Export it with pigeon from its checkpoint")
+        text, where = props[METADATA_KEY], path
+    elif path.suffix == ".torchscript":
+        text, where = _torchscript_entry(path), path
+    else:
+        where = sidecar(path)
+        if not where.is_file():
+            raise CheckpointError(f"{path}: its contract {where.name} (classes, preprocessing) is missing beside "
+                                  "it; keep the files `pigeon export` wrote together, or export again")
+        text = where.read_text()
+    try:
+        contract = json.loads(text)
+    except ValueError:
+        contract = None
+    if not isinstance(contract, dict) or contract.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: the pigeon contract is damaged; export the model again")
+    return contract

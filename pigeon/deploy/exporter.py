@@ -1,0 +1,331 @@
+"""`pigeon export`: write a checkpoint as ONNX (fp32 or INT8), TorchScript or OpenVINO IR, and prove it agrees.
+
+Every export is written under a temporary name, loaded back by its own runtime, compared with PyTorch on
+real images, and only then renamed into place with its contract. A failed step leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pigeon.config import ExportConfig
+from pigeon.deploy.contract import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    TORCHSCRIPT_ENTRY,
+    make_contract,
+    sidecar,
+)
+from pigeon.deploy.runtimes import load_runtime, need
+from pigeon.errors import CheckpointError, ConfigError, DatasetError, ExportError
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    contract: dict[str, Any]
+
+    @property
+    def parity(self) -> dict[str, Any] | None:
+        return self.contract.get("parity")
+
+
+def default_path(checkpoint: Path, fmt: str, int8: bool) -> Path:
+    stem = checkpoint.with_suffix("").name + ("_int8" if int8 else "")
+    return checkpoint.with_name({"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript",
+                                 "openvino": f"{stem}_openvino"}[fmt])
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    from pigeon.engine import checkpoint
+
+    say = print if cfg.verbose else (lambda *a, **k: None)
+    source = Path(cfg.model)
+    if source.suffix != ".safetensors":
+        raise CheckpointError(f"{source}: export reads a pigeon checkpoint (.safetensors written by `pigeon train`); "
+                              "give runs/train/<name>/weights/best.safetensors")
+    for package in {"onnx": ("onnx", "onnxscript", "onnxruntime"), "openvino": ("openvino",)}.get(cfg.format, ()):
+        need(package)  # before any work: a missing package is named with its install line
+    model, meta = checkpoint.load_model(source)
+    imgsz = cfg.imgsz or int(meta["preprocess"]["imgsz"])
+    model = at_size(model, meta, imgsz).float().eval()
+    out = Path(cfg.out) if cfg.out else default_path(source, cfg.format, cfg.int8)
+    if out.is_dir() and cfg.format != "openvino":
+        example = out / default_path(source, cfg.format, cfg.int8).name
+        raise ConfigError(f"{out} is a folder; give a file name with --out (e.g. {example})")
+    contract = make_contract(meta, cfg.format, "int8" if cfg.int8 else "fp32", imgsz, cfg.dynamic_batch or cfg.int8,
+                             str(source))
+    images, labels = _check_images(cfg, meta, imgsz) if cfg.check or cfg.int8 else (None, None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staged = work / out.name
+        channels = int(meta["preprocess"]["channels"])
+        example = torch.zeros(2 if (cfg.dynamic_batch or cfg.int8) else 1, channels, imgsz, imgsz)
+        if cfg.format == "onnx":
+            fp32 = work / "fp32.onnx" if cfg.int8 else staged
+            _write_onnx(model, example, fp32, cfg.opset, dynamic=cfg.dynamic_batch or cfg.int8)
+            if cfg.int8:
+                _quantize(fp32, staged, meta, cfg, imgsz, work)
+            _set_onnx_metadata(staged, contract)  # contract first: the runtime check reads it back
+        elif cfg.format == "torchscript":
+            traced = _trace(model, example)
+            _save_torchscript(traced, staged, contract)
+        else:
+            staged.mkdir()
+            _write_openvino(model, example, staged / f"{source.with_suffix('').name}.xml", cfg.dynamic_batch)
+            sidecar(staged).write_text(json.dumps(contract, indent=2))
+        # Even unchecked, an export its own runtime cannot load is not handed over.
+        exported = _load_back(staged, cfg)
+        if images is not None and labels is not None:
+            contract["parity"] = _parity(model, exported, images, labels, meta, cfg)
+            say(_describe(contract["parity"]))
+            if cfg.format == "onnx":
+                _set_onnx_metadata(staged, contract)
+            elif cfg.format == "torchscript":
+                _save_torchscript(traced, staged, contract)
+            else:
+                sidecar(staged).write_text(json.dumps(contract, indent=2))
+        _move_into_place(staged, out, cfg.format)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"exported {source} -> {out} ({_size(out) / 1e6:.2f} MB, {cfg.format}"
+        f"{' int8' if cfg.int8 else ''}, input {contract['input']['shape']})")
+    return ExportResult(path=out, contract=contract)
+
+
+def at_size(model: nn.Module, meta: dict[str, Any], imgsz: int) -> nn.Module:
+    if imgsz == int(meta["preprocess"]["imgsz"]):
+        return model
+    from pigeon.models import create_model
+
+    resized = create_model(meta["model"], num_classes=len(meta["classes"]),
+                           in_chans=int(meta["preprocess"]["channels"]), imgsz=imgsz)
+    try:
+        resized.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError:
+        raise ExportError(f"{meta['model']} changes its layout between {meta['preprocess']['imgsz']} and {imgsz} "
+                          f"px, so these weights cannot run at {imgsz}; export at --imgsz "
+                          f"{meta['preprocess']['imgsz']} or train at {imgsz}") from None
+    return resized
+
+
+def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real labelled images for the parity check: a seeded sample of the data's val split (else test, train)."""
+    from pigeon.data import load_dataset
+
+    data = cfg.data or cfg.calib_data or meta.get("config", {}).get("data")
+    try:
+        if not data:
+            raise DatasetError("the checkpoint does not name its training data")
+        ds = load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
+                          resize=meta["preprocess"]["resize"], cache_dir=cfg.cache_dir, verbose=False)
+    except DatasetError as err:
+        # INT8 is always measured against fp32, so for it skipping the check is not an option to offer
+        skip = "" if cfg.int8 else ", or --no-check to skip the check"
+        raise ExportError(f"the parity check needs real images and could not read {data!r} ({err}); pass --data "
+                          f"(a folder with the model's classes or a built-in name){skip}") from None
+    split = ds.splits[next(s for s in ("val", "test", "train") if s in ds.splits)]
+    pick = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:cfg.check_images])
+    classes = list(meta["classes"])
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise ExportError(f"{data}: classes {unknown[:5]} are not the model's; give --data with its classes")
+    to_model = np.array([classes.index(c) for c in ds.classes], dtype=np.int64)
+    return np.asarray(split.images[pick]), to_model[np.asarray(split.labels)[pick]]
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Exporters print progress and warn about their own deprecations; the user asked for a file, not those."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs shape notes on the root logger
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
+    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
+    try:
+        with _quiet():
+            torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes)
+    except Exception as err:  # noqa: BLE001 - the exporter's failures are many types; all mean "cannot export"
+        raise ExportError(f"PyTorch could not export this model to ONNX opset {opset} "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); try another --opset, or "
+                          "--format torchscript") from None
+
+
+def _set_onnx_metadata(path: Path, contract: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in ((METADATA_KEY, json.dumps(contract)), ("classes", json.dumps(contract["classes"]))):
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    model.doc_string = f"pigeon export of {contract['model']}: see the '{METADATA_KEY}' metadata for preprocessing"
+    onnx.save(model, str(path))
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    try:
+        with _quiet():
+            return torch.jit.trace(model, example)
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(f"TorchScript tracing failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
+                          "use --format onnx") from None
+
+
+def _save_torchscript(traced: torch.jit.ScriptModule, path: Path, contract: dict[str, Any]) -> None:
+    # The contract travels inside the archive (so model and contract are replaced in one rename) and beside it
+    # as a copy for people and other tools.
+    text = json.dumps(contract, indent=2)
+    with _quiet():
+        traced.save(str(path), _extra_files={TORCHSCRIPT_ENTRY: text})
+    sidecar(path).write_text(text)
+
+
+def _write_openvino(model: nn.Module, example: torch.Tensor, xml: Path, dynamic: bool) -> None:
+    import openvino as ov
+
+    try:
+        with _quiet():
+            ov_model = ov.convert_model(model, example_input=example)
+            if dynamic:
+                ov_model.reshape([-1, *example.shape[1:]])
+            else:
+                ov_model.reshape(list(example.shape))
+            ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(f"OpenVINO could not convert this model ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:300]}); use --format onnx") from None
+
+
+class _Calibration:
+    """Feeds onnxruntime's static quantizer normalized training images, a batch at a time."""
+
+    def __init__(self, images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch: int = 32) -> None:
+        self.batches = [((images[i:i + batch].astype(np.float32) / 255 - mean) / std).astype(np.float32)
+                        for i in range(0, len(images), batch)]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return {INPUT_NAME: self.batches.pop(0)} if self.batches else None
+
+    def rewind(self) -> None:  # some onnxruntime versions call it
+        pass
+
+
+def _quantize(fp32: Path, out: Path, meta: dict[str, Any], cfg: ExportConfig, imgsz: int, work: Path) -> None:
+    from onnxruntime import quantization as q
+
+    from pigeon.data import load_dataset
+
+    data = cfg.calib_data or cfg.data or meta.get("config", {}).get("data")
+    try:
+        if not data:
+            raise DatasetError("the checkpoint does not name its training data")
+        ds = load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
+                          resize=meta["preprocess"]["resize"], cache_dir=cfg.cache_dir, verbose=False)
+    except DatasetError as err:
+        raise ExportError(f"INT8 calibration needs training images and could not read {data!r} ({err}); pass "
+                          "--calib-data (a folder or a built-in name)") from None
+    train = ds.splits["train"]
+    pick = np.sort(np.random.default_rng(1).permutation(len(train.labels))[:cfg.calib_images])
+    shape = (1, -1, 1, 1)
+    reader = _Calibration(np.asarray(train.images[pick]), np.array(meta["preprocess"]["mean"]).reshape(shape),
+                          np.array(meta["preprocess"]["std"]).reshape(shape))
+    prepped = work / "prepped.onnx"
+    try:
+        with _quiet():
+            q.quant_pre_process(str(fp32), str(prepped))
+            q.quantize_static(str(prepped), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=q.CalibrationMethod.MinMax)
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(f"INT8 quantization failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
+                          "export fp32 ONNX instead (drop --int8)") from None
+
+
+def _load_back(staged: Path, cfg: ExportConfig) -> nn.Module:
+    try:
+        return load_runtime(staged)[0]
+    except CheckpointError as err:
+        hint = f" (written with opset {cfg.opset}: try another --opset)" if cfg.format == "onnx" else ""
+        raise ExportError(f"the export was written but its runtime cannot load it{hint}: {err}") from None
+
+
+def _parity(model: nn.Module, exported: nn.Module, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
+            cfg: ExportConfig) -> dict[str, Any]:
+    """PyTorch (fp32) and the export on the same real images: top-1 agreement, max |delta prob|, accuracy."""
+    from pigeon.data.preprocess import Preprocess
+    from pigeon.engine.evaluate import logits_for
+
+    spec = Preprocess.from_dict({**meta["preprocess"], "imgsz": images.shape[-1]})
+    cpu = torch.device("cpu")
+    ref = logits_for(model, images, spec, cpu).softmax(1)
+    got = logits_for(exported, images, spec, cpu).softmax(1)
+    agreement = float((ref.argmax(1) == got.argmax(1)).float().mean())
+    labels_t = torch.as_tensor(labels)
+    report = {"images": len(labels), "top1_agreement": agreement,
+              "max_abs_prob_diff": float((ref - got).abs().max()),
+              "torch_top1": float((ref.argmax(1) == labels_t).float().mean()),
+              "export_top1": float((got.argmax(1) == labels_t).float().mean())}
+    if cfg.int8:
+        report["top1_drop"] = report["torch_top1"] - report["export_top1"]
+        if report["top1_drop"] > cfg.int8_max_drop:
+            raise ExportError(f"INT8 loses {report['top1_drop']:.2%} top-1 against fp32 on {len(labels)} real "
+                              f"images, more than --int8-max-drop {cfg.int8_max_drop:.2%}; calibrate on more "
+                              "images (--calib-images), raise the bound, or export fp32 (drop --int8)")
+    elif agreement < cfg.min_agreement:
+        raise ExportError(f"the {cfg.format} export agrees with PyTorch on only {agreement:.2%} of {len(labels)} "
+                          f"real images (needs {cfg.min_agreement:.2%}; max |delta prob| "
+                          f"{report['max_abs_prob_diff']:.4f}); nothing was written. "
+                          + ("Report this model as a bug" if cfg.format == "onnx" else
+                             "Try --format onnx, or report this model as a bug"))
+    return report
+
+
+def _describe(parity: dict[str, Any]) -> str:
+    text = (f"parity on {parity['images']} real images: top-1 agreement {parity['top1_agreement']:.2%}, "
+            f"max |delta prob| {parity['max_abs_prob_diff']:.2e}, accuracy {parity['torch_top1']:.2%} (PyTorch) vs "
+            f"{parity['export_top1']:.2%} (export)")
+    return text
+
+
+def _move_into_place(staged: Path, out: Path, fmt: str) -> None:
+    if out.is_dir():  # a folder cannot be replaced in one step: swap it aside, then delete the old one
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staged, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, out)
+        if fmt == "torchscript":  # the copy for people; the archive already holds the contract
+            os.replace(sidecar(staged), sidecar(out))
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
