@@ -18,12 +18,12 @@ if TYPE_CHECKING:
     from pigeon.deploy import ExportResult
 
 
-def train(data: str, **options: Any) -> TrainResult:
+def train(data: str = "", **options: Any) -> TrainResult:
     """Train a classifier; see `TrainConfig` (or `pigeon train --help`) for every option.
 
     Args:
         data: a folder of class subfolders (optionally split into train/val/test) or a built-in
-            dataset name: "fashion-mnist", "digits".
+            dataset name: "fashion-mnist", "digits". Not needed with resume="runs/train/<name>".
         **options: model="pigeon-n", epochs=10, batch=128, imgsz=..., lr=..., device="auto", ...
     Returns:
         TrainResult with the run directory, the best/last weights and validation/test reports.

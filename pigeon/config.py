@@ -55,7 +55,7 @@ def check_types(config: Any) -> None:
 class TrainConfig:
     """Everything a training run depends on. `None` means "choose from the data or model"."""
 
-    data: str
+    data: str = ""
     model: str = "pigeon-n"
     weights: str | None = None
     epochs: int = 10
@@ -84,6 +84,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     select: str = "top1"
     patience: int = 0
+    time: float | None = None
+    save_period: int = 0
+    resume: str | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -97,7 +100,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if not self.data:
+        if not self.data and not self.resume:
             raise ConfigError("data is required: a folder of images or a built-in name (fashion-mnist, digits)")
         _check_range("epochs", self.epochs, 1)
         _check_range("batch", self.batch, 1)
@@ -129,6 +132,8 @@ class TrainConfig:
         _check_range("erase", self.erase, 0.0, 1.0)
         _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_range("patience", self.patience, 0)
+        _check_range("time", self.time, 0.0, lo_open=True)
+        _check_range("save_period", self.save_period, 0)
         _check_range("threads", self.threads, 1)
 
     def to_dict(self) -> dict[str, Any]:

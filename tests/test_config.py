@@ -85,8 +85,9 @@ def test_ints_are_accepted_for_floats() -> None:
 def test_data_is_required() -> None:
     with pytest.raises(ConfigError, match="data is required"):
         build(TrainConfig, data="")
-    with pytest.raises(ConfigError, match="missing 1 required positional argument: 'data'"):
+    with pytest.raises(ConfigError, match="data is required"):
         build(TrainConfig)
+    assert build(TrainConfig, resume="runs/train/x").data == ""  # a resumed run takes its data from the run
 
 
 def test_predict_config() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import re
 import time
@@ -27,7 +28,7 @@ from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
 from pigeon.engine.pretrained import fit_weights, read_weights
 from pigeon.engine.schedule import ema_decay_for, lr_at
-from pigeon.errors import ConfigError
+from pigeon.errors import CheckpointError, ConfigError
 from pigeon.io import atomic_path, atomic_write_text, write_json
 from pigeon.metrics import format_report
 from pigeon.models import check_model_name, create_model
@@ -140,11 +141,36 @@ def _score(report: dict[str, Any], metric: str) -> float:
     return -report["loss"] if metric == "loss" else float(report[metric])
 
 
+RESUME_OVERRIDES = ("resume", "verbose", "plots", "device", "threads", "cache_dir", "time", "save_period")
+
+
+def resume_config(cfg: TrainConfig) -> TrainConfig:
+    """The configuration a run was started with, to continue it; only options that cannot change its result
+    (where it runs, what it prints, when it stops and saves) may be given again."""
+    run_dir = Path(str(cfg.resume))
+    saved_path, state_path = run_dir / "config.json", run_dir / "weights" / "last.state.pt"
+    if not saved_path.is_file() or not state_path.is_file():
+        raise ConfigError(f"{run_dir}: not a run that can be resumed (it needs config.json and weights/"
+                          "last.state.pt, written after the first epoch); give a folder under runs/train/")
+    saved = json.loads(saved_path.read_text())
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_OVERRIDES and k != "data"
+                     and v != defaults[k] and v != saved.get(k))
+    if cfg.data and cfg.data != saved["data"]:
+        changed.insert(0, "data")
+    if changed:
+        raise ConfigError(f"resume continues {run_dir} exactly as it was configured; drop {', '.join(changed)} "
+                          f"(only {', '.join(RESUME_OVERRIDES[1:])} may be given), or start a new run with "
+                          f"--weights {run_dir / 'weights' / 'last.safetensors'}")
+    given = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if getattr(cfg, k) != defaults[k]}
+    return dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in defaults}), **given)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Run training; process-wide torch settings it changes (threads, determinism) are restored after."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(cfg)
+        return _train(resume_config(cfg) if cfg.resume else cfg)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -154,7 +180,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     check_model_name(cfg.model)
     say = print if cfg.verbose else (lambda *a, **k: None)
-    weights = read_weights(cfg.weights, cfg.model) if cfg.weights else None  # fail before decoding any data
+    # Fail before decoding any data. A resumed run has its weights in its state already.
+    weights = read_weights(cfg.weights, cfg.model) if cfg.weights and not cfg.resume else None
     if weights is not None and weights.preprocess and cfg.imgsz is None:
         # pigeon's layout depends on the input size, so its checkpoints fine-tune at the size they learnt
         cfg = dataclasses.replace(cfg, imgsz=int(weights.preprocess["imgsz"]))
@@ -176,7 +203,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
     transfer = fit_weights(model, weights, classes, cfg.model) if weights is not None else None  # before any file
     slug = re.sub(r"[^\w.-]+", "_", ds.name)
-    run_dir = make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}", cfg.exist_ok)
+    run_dir = Path(cfg.resume) if cfg.resume else make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}",
+                                                               cfg.exist_ok)
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     for note in ds.notes:
@@ -194,7 +222,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=memory_format)
     amp = amp_dtype(device, str(cfg.amp))
-    head = head_parameter_names(model) if weights is not None else None
+    head = head_parameter_names(model) if cfg.weights else None
     opt = make_optimizer(model, cfg, head)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     augment = Augment(flip=float(cfg.fliplr or 0), translate=int(cfg.translate or 0),
@@ -213,74 +241,111 @@ def _train(cfg: TrainConfig) -> TrainResult:
     eval_kw = {"amp": amp, "channels_last": bool(cfg.channels_last)}
     meta_base = {"model": cfg.model, "classes": classes, "preprocess": spec.to_dict(),
                  "config": cfg.to_dict(), "data": {"name": ds.name, "fingerprint": ds.fingerprint}}
-    if transfer is not None:
+
+    best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
+    state_path = run_dir / "weights" / "last.state.pt"
+    progress_state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0,
+                      "planned_epochs": cfg.epochs, "elapsed": 0.0}
+    rows: list[dict[str, Any]] = []
+    if cfg.resume:
+        progress_state = _restore(state_path, ds.fingerprint, model, opt, ema, scaler, gen, device)
+        rows = _read_csv(run_dir / "results.csv")[:progress_state["epoch"]]  # rows past the state were redone
+        meta_base["pretrained"] = progress_state.get("pretrained")
+        say(f"resuming {run_dir} after epoch {progress_state['epoch']} (step {progress_state['step']})"
+            + ("; it had finished, so only its final evaluation runs again"
+               if progress_state["epoch"] >= progress_state["planned_epochs"] else ""))
+    elif transfer is not None:
         meta_base["pretrained"] = transfer.to_dict()
+    step, planned = int(progress_state["step"]), int(progress_state["planned_epochs"])
+    best_score, best_epoch, stale = float(progress_state["best_score"]), int(progress_state["best_epoch"]), int(
+        progress_state["stale"])
+    elapsed_before = float(progress_state["elapsed"])
+    total_steps = steps_per_epoch * planned
 
     say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
-        f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {cfg.epochs} epochs on {device} "
+        f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
-    rows: list[dict[str, Any]] = []
-    best_score, best_epoch, stale, step = -math.inf, 0, 0, 0
-    best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
-    for epoch in range(1, cfg.epochs + 1):
-        frozen = epoch <= cfg.freeze_epochs
-        if head is not None and cfg.freeze_epochs and epoch in (1, cfg.freeze_epochs + 1):
-            say(f"epoch {epoch}: backbone {'frozen (head only)' if frozen else 'unfrozen'}")
-        if head is not None:
-            set_backbone_frozen(model, head, frozen)
-        else:
-            model.train()
-        t_epoch = time.perf_counter()
-        order = torch.randperm(len(labels), generator=gen).to(device)
-        bar = progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", unit="batch", enabled=cfg.verbose,
-                       leave=False)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            x = normalize(augment(images[idx], gen), mean, std).contiguous(memory_format=memory_format)
-            lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
-            loss_sum += train_step(model, x, labels[idx], opt, scaler, lr, amp, cfg.label_smoothing,
-                                   cfg.grad_clip)
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            bar.update(1)
-            if i % 20 == 19:
-                rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
-                bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
-        bar.close()
-        train_time = time.perf_counter() - t_epoch
-        final_model = ema.module if ema is not None else model
-        row: dict[str, Any] = {"epoch": epoch, "lr": round(lr, 6),
-                               "train_loss": round(float(loss_sum) / max(1, steps_per_epoch), 5)}
-        report = None
-        if eval_name is not None:
-            split = ds.splits[eval_name]
-            report, _ = evaluate(final_model, split.images, split.labels, classes, spec, device, **eval_kw)
-            row.update({f"{eval_name}_loss": round(report["loss"], 5), f"{eval_name}_top1": round(report["top1"], 5),
-                        f"{eval_name}_top5": report["top5"] and round(report["top5"], 5),
-                        f"{eval_name}_macro_f1": round(report["macro_f1"], 5)})
-        row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2)})
-        rows.append(row)
-        _write_csv(run_dir / "results.csv", rows)
-        meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
-        checkpoint.save(last_path, final_model, meta)
-        _save_state(run_dir / "weights" / "last.state.pt", model, opt, ema, epoch, step, gen)
-        # Select only on a validation split; without one the final model is the result (never pick on test).
-        improved = report is not None and eval_name == "val" and _score(report, cfg.select) > best_score
-        if improved or eval_name != "val":
-            best_score = _score(report, cfg.select) if report is not None else best_score
-            best_epoch, stale = epoch, 0
-            checkpoint.save(best_path, final_model, meta)
-        else:
-            stale += 1
-        shown = (f" {eval_name} top-1 {report['top1']:.2%}" + (f" top-5 {report['top5']:.2%}" if report["top5"]
-                 else "") + f" loss {report['loss']:.4f}") if report else ""
-        say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}{shown} "
-            f"({len(labels) * 1.0 / train_time:.0f} img/s, {train_time:.1f}s)")
-        if cfg.patience and stale >= cfg.patience:
-            say(f"early stop: no {cfg.select} improvement on val for {cfg.patience} epochs")
-            break
+    epoch = int(progress_state["epoch"])
+    try:
+        while epoch < planned:
+            epoch += 1
+            frozen = epoch <= cfg.freeze_epochs
+            if head is not None and cfg.freeze_epochs and epoch in (1, cfg.freeze_epochs + 1):
+                say(f"epoch {epoch}: backbone {'frozen (head only)' if frozen else 'unfrozen'}")
+            if head is not None:
+                set_backbone_frozen(model, head, frozen)
+            else:
+                model.train()
+            t_epoch = time.perf_counter()
+            order = torch.randperm(len(labels), generator=gen).to(device)
+            bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch", enabled=cfg.verbose,
+                           leave=False)
+            loss_sum = torch.zeros((), device=device)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch:(i + 1) * batch]
+                x = normalize(augment(images[idx], gen), mean, std).contiguous(memory_format=memory_format)
+                lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
+                loss_sum += train_step(model, x, labels[idx], opt, scaler, lr, amp, cfg.label_smoothing,
+                                       cfg.grad_clip)
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                bar.update(1)
+                if i % 20 == 19:
+                    rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
+                    bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
+            bar.close()
+            train_time = time.perf_counter() - t_epoch
+            final_model = ema.module if ema is not None else model
+            row: dict[str, Any] = {"epoch": epoch, "lr": round(lr, 6),
+                                   "train_loss": round(float(loss_sum) / max(1, steps_per_epoch), 5)}
+            report = None
+            if eval_name is not None:
+                split = ds.splits[eval_name]
+                report, _ = evaluate(final_model, split.images, split.labels, classes, spec, device, **eval_kw)
+                row.update({f"{eval_name}_loss": round(report["loss"], 5),
+                            f"{eval_name}_top1": round(report["top1"], 5),
+                            f"{eval_name}_top5": report["top5"] and round(report["top5"], 5),
+                            f"{eval_name}_macro_f1": round(report["macro_f1"], 5)})
+            elapsed = elapsed_before + time.perf_counter() - t0
+            row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(elapsed, 2)})
+            rows.append(row)
+            _write_csv(run_dir / "results.csv", rows)
+            meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
+            checkpoint.save(last_path, final_model, meta)
+            if cfg.save_period and epoch % cfg.save_period == 0:
+                checkpoint.save(run_dir / "weights" / f"epoch{epoch}.safetensors", final_model, meta)
+            # Select only on a validation split; without one the final model is the result (never pick on test).
+            improved = report is not None and eval_name == "val" and _score(report, cfg.select) > best_score
+            if improved or eval_name != "val":
+                best_score = _score(report, cfg.select) if report is not None else best_score
+                best_epoch, stale = epoch, 0
+                checkpoint.save(best_path, final_model, meta)
+            else:
+                stale += 1
+            if cfg.time:
+                planned = _fit_to_budget(epoch, planned, elapsed, cfg.time * 3600, say)
+                total_steps = steps_per_epoch * planned
+            # Last, so a run killed before this line redoes the epoch from the previous state, exactly.
+            _save_state(state_path, model, opt, ema, scaler, gen, {
+                "epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
+                "planned_epochs": planned, "elapsed": elapsed, "fingerprint": ds.fingerprint,
+                "pretrained": meta_base.get("pretrained")})
+            shown = (f" {eval_name} top-1 {report['top1']:.2%}" + (f" top-5 {report['top5']:.2%}" if report["top5"]
+                     else "") + f" loss {report['loss']:.4f}") if report else ""
+            say(f"epoch {epoch}/{planned}: train loss {row['train_loss']:.4f}{shown} "
+                f"({len(labels) * 1.0 / train_time:.0f} img/s, {train_time:.1f}s)")
+            if cfg.patience and stale >= cfg.patience:
+                say(f"early stop: no {cfg.select} improvement on val for {cfg.patience} epochs")
+                break
+    except KeyboardInterrupt:
+        # Keep what the interrupted epoch learnt, for inspection; the resumable state stays at the last whole
+        # epoch so that --resume continues exactly.
+        checkpoint.save(last_path, ema.module if ema is not None else model,
+                        {**meta_base, "epoch": epoch, "interrupted": True, "metrics": {}})
+        say(f"\ninterrupted in epoch {epoch}: its weights so far are in {last_path}; "
+            f"`pigeon train --resume {run_dir}` continues after epoch {epoch - 1}")
+        raise
 
     best_model, _ = checkpoint.load_model(best_path)
     best_model = best_model.to(device).to(memory_format=memory_format)
@@ -315,6 +380,18 @@ def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "loss")}
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    def value(key: str, text: str | None) -> Any:
+        if text in ("", None):
+            return None
+        return int(text) if key == "epoch" else float(text)
+
+    with open(path, newline="") as fh:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[-1]))
@@ -323,14 +400,52 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, epoch: int,
-                step: int, gen: torch.Generator) -> None:
-    """Everything needed to continue training; plain tensors and numbers, loadable with weights_only=True."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None,
+                scaler: torch.amp.GradScaler, gen: torch.Generator, progress_state: dict[str, Any]) -> None:
+    """Everything needed to continue training exactly; plain tensors and numbers, loadable with weights_only.
+
+    The data order and augmentation both draw from `gen`, so its state at an epoch's end fixes every later
+    epoch; the global RNG covers dropout-style layers of timm/torchvision models.
+    """
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
              "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(), **progress_state}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _restore(path: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None,
+             scaler: torch.amp.GradScaler, gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Load a run's state saved by _save_state into the freshly built objects; return its progress."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable for any reason: the message is the same
+        raise CheckpointError(f"{path}: cannot read the run's saved state ({type(err).__name__}); it is damaged. "
+                              "Start a new run, with --weights pointing at this run's last.safetensors") from None
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path.parent.parent}: the data changed since this run started, so resuming would not "
+                          "continue the same run. Start a new run (--weights can start it from this one's weights)")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    gen.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return state
+
+
+def _fit_to_budget(epoch: int, planned: int, elapsed: float, budget: float, say: Any) -> int:
+    """Epochs that fit the time budget at the pace so far, never more than planned and at least `epoch`.
+
+    Shortening the plan (rather than just stopping) lets the learning-rate schedule still end at zero.
+    """
+    fits = max(epoch, int(budget / (elapsed / epoch)))
+    if fits < planned:
+        say(f"time budget {budget / 3600:g} h: {fits} of {planned} planned epochs fit at "
+            f"{elapsed / epoch:.1f}s per epoch; the schedule now ends at epoch {fits}")
+        return fits
+    return planned
 
 
 def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], split: Any, logits: torch.Tensor,

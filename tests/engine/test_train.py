@@ -109,7 +109,9 @@ def test_weights_folder(digits_run: Path) -> None:
 
 def test_training_state_loads_without_pickle(digits_run: Path) -> None:
     state = torch.load(digits_run / "weights" / "last.state.pt", weights_only=True)
-    assert set(state) == {"model", "optimizer", "epoch", "step", "ema", "generator", "torch_rng"}
+    assert set(state) == {"model", "optimizer", "scaler", "epoch", "step", "ema", "generator", "torch_rng",
+                          "best_score", "best_epoch", "stale", "planned_epochs", "elapsed", "fingerprint",
+                          "pretrained"}
     assert state["epoch"] == 3
     steps_per_epoch = (1347 - 136) // 64
     assert state["step"] == 3 * steps_per_epoch
