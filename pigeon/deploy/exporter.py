@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,38 +77,40 @@ def export(cfg: ExportConfig) -> ExportResult:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         staged = work / out.name
-        channels = int(meta["preprocess"]["channels"])
-        example = torch.zeros(2 if (cfg.dynamic_batch or cfg.int8) else 1, channels, imgsz, imgsz)
-        if cfg.format == "onnx":
-            fp32 = work / "fp32.onnx" if cfg.int8 else staged
-            _write_onnx(model, example, fp32, cfg.opset, dynamic=cfg.dynamic_batch or cfg.int8)
-            if cfg.int8:
-                _quantize(fp32, staged, meta, cfg, imgsz, work)
-            _set_onnx_metadata(staged, contract)  # contract first: the runtime check reads it back
-        elif cfg.format == "torchscript":
-            traced = _trace(model, example)
-            _save_torchscript(traced, staged, contract)
-        else:
-            staged.mkdir()
-            _write_openvino(model, example, staged / f"{source.with_suffix('').name}.xml", cfg.dynamic_batch)
-            sidecar(staged).write_text(json.dumps(contract, indent=2))
+        write_contract = _stage(cfg, model, meta, imgsz, staged, source.with_suffix("").name)
+        write_contract(contract)  # before the runtime check, which reads it back
         # Even unchecked, an export its own runtime cannot load is not handed over.
         exported = _load_back(staged, cfg)
         if images is not None and labels is not None:
             contract["parity"] = _parity(model, exported, images, labels, meta, cfg)
             say(_describe(contract["parity"]))
-            if cfg.format == "onnx":
-                _set_onnx_metadata(staged, contract)
-            elif cfg.format == "torchscript":
-                _save_torchscript(traced, staged, contract)
-            else:
-                sidecar(staged).write_text(json.dumps(contract, indent=2))
+            write_contract(contract)
         _move_into_place(staged, out, cfg.format)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"exported {source} -> {out} ({_size(out) / 1e6:.2f} MB, {cfg.format}"
         f"{' int8' if cfg.int8 else ''}, input {contract['input']['shape']})")
     return ExportResult(path=out, contract=contract)
+
+
+def _stage(cfg: ExportConfig, model: nn.Module, meta: dict[str, Any], imgsz: int, staged: Path,
+           stem: str) -> Callable[[dict[str, Any]], None]:
+    """Write the export at `staged` (inside the temporary folder); return how to (re)write its contract."""
+    channels = int(meta["preprocess"]["channels"])
+    dynamic = cfg.dynamic_batch or cfg.int8  # calibration feeds batches
+    example = torch.zeros(2 if dynamic else 1, channels, imgsz, imgsz)
+    if cfg.format == "onnx":
+        fp32 = staged.with_name("fp32.onnx") if cfg.int8 else staged
+        _write_onnx(model, example, fp32, cfg.opset, dynamic=dynamic)
+        if cfg.int8:
+            _quantize(fp32, staged, meta, cfg, imgsz, staged.parent)
+        return lambda contract: _set_onnx_metadata(staged, contract)
+    if cfg.format == "torchscript":
+        traced = _trace(model, example)
+        return lambda contract: _save_torchscript(traced, staged, contract)
+    staged.mkdir()
+    _write_openvino(model, example, staged / f"{stem}.xml", cfg.dynamic_batch)
+    return lambda contract: sidecar(staged).write_text(json.dumps(contract, indent=2))
 
 
 def at_size(model: nn.Module, meta: dict[str, Any], imgsz: int) -> nn.Module:
