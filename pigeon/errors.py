@@ -3,6 +3,7 @@
     PigeonError
      ├── ConfigError       an option, model name or value that is not valid
      ├── DatasetError      data that is missing, empty or inconsistent
+     │    └── ImageError   one image (file, bytes or array) that cannot be read as an image
      ├── CheckpointError   a weights file that is missing, corrupt or unsafe
      └── ExportError       an export that cannot be written or does not match
 """
@@ -25,12 +26,21 @@ class DatasetError(PigeonError):
     pass
 
 
+class ImageError(DatasetError, ValueError):
+    pass
+
+
 class CheckpointError(PigeonError):
     pass
 
 
 class ExportError(PigeonError):
     pass
+
+
+def describe(err: BaseException) -> str:
+    """One line for a skipped file or a failed prediction: pigeon's own message, or the type and message."""
+    return str(err) if isinstance(err, ImageError) else f"{type(err).__name__}: {err}"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

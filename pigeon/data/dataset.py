@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -61,9 +62,13 @@ def with_validation(ds: Dataset, fraction: float, seed: int) -> Dataset:
     train = ds.splits["train"]
     counts = np.bincount(train.labels, minlength=ds.num_classes)
     if counts.min() < 2:
-        small = ds.classes[int(counts.argmin())]
-        raise DatasetError(f"class {small!r} has {counts.min()} training image(s): a validation split needs "
-                           "at least 2 per class; add images, add a val/ folder, or pass --val-fraction 0")
+        small = int(counts.argmin())
+        where = ds.classes[small]
+        if train.paths is not None:  # name the class folder itself
+            where = str(Path(train.paths[int(np.flatnonzero(train.labels == small)[0])]).parent)
+        raise DatasetError(f"{where}: class {ds.classes[small]!r} has {counts.min()} training image(s): a "
+                           "validation split needs at least 2 per class; add images, add a val/ folder, or pass "
+                           "--val-fraction 0 (val_fraction=0 in Python)")
     keep, held = stratified_split(train.labels, fraction, seed)
     splits = {**ds.splits, "train": train.take(keep), "val": train.take(held)}
     note = (f"no val split: held out {len(held)} of {len(train)} training images "

@@ -12,7 +12,7 @@ import numpy as np
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats
 from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, image_to_array, is_grayscale, open_image
-from pigeon.errors import DatasetError
+from pigeon.errors import DatasetError, describe
 from pigeon.progress import progress
 
 SPLITS = ("train", "val", "test")
@@ -75,12 +75,14 @@ def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]
     return classes, files, skipped
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(path: Path) -> tuple[int, int, int]:
+    # The mode is in the key because a permission fix changes neither size nor mtime, yet makes a skipped
+    # file readable: the cache must notice it.
     try:
         st = path.stat()
-        return st.st_size, st.st_mtime_ns
+        return st.st_size, st.st_mtime_ns, st.st_mode
     except OSError:
-        return -1, -1
+        return -1, -1, -1
 
 
 def _decode(path: Path, imgsz: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
@@ -90,7 +92,7 @@ def _decode(path: Path, imgsz: int, resize: str) -> tuple[np.ndarray | None, boo
         img = open_image(path)
         return image_to_array(img, imgsz, 3, resize), is_grayscale(img), ""
     except Exception as err:  # noqa: BLE001 - any decoder failure means: skip this file and say why
-        return None, False, f"cannot be decoded ({type(err).__name__}: {err})"
+        return None, False, f"cannot be decoded ({describe(err)})"
 
 
 def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pigeon.errors import ConfigError
+from pigeon.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Transparent pixels are composited onto white: the colour a transparent PNG shows on a page.
@@ -45,28 +45,38 @@ class Preprocess:
 
 
 def open_image(source: Any) -> Any:
-    """Decode a path, bytes or PIL image fully; raise OSError/ValueError on anything unreadable."""
+    """Decode a path, bytes or PIL image fully; raise OSError (cannot read the file) or ImageError (not an
+    image pigeon can use) on anything unreadable."""
     from PIL import Image, ImageOps
 
     if isinstance(source, Image.Image):
-        img = source
-    else:
-        if isinstance(source, (bytes, bytearray)):
-            source = io.BytesIO(source)
-        elif not isinstance(source, (str, os.PathLike)):
-            raise TypeError(f"cannot read an image from {type(source).__name__}")
-        with Image.open(source) as opened:
-            # An image declaring a huge size is a decompression bomb: refuse it, not just warn. Checked here
-            # rather than with warnings.catch_warnings(), which swaps process-global state and so races
-            # in the decoder threads.
-            w, h = opened.size
-            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-                raise ValueError(f"image is {w}x{h} = {w * h} pixels, over PIL.Image.MAX_IMAGE_PIXELS "
-                                 f"({Image.MAX_IMAGE_PIXELS}): a possible decompression bomb")
-            opened.seek(0)  # animated images: the first frame
-            opened.load()
-            img = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
-    return ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(source)
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"cannot read an image from {type(source).__name__}")
+    try:
+        return ImageOps.exif_transpose(_decode(source))
+    except (OSError, ImageError):
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL's decoders also raise SyntaxError, bomb errors, ...
+        raise ImageError(f"{type(err).__name__}: {err}") from None
+
+
+def _decode(source: Any) -> Any:
+    from PIL import Image
+
+    with Image.open(source) as opened:
+        # An image declaring a huge size is a decompression bomb: refuse it, not just warn. Checked here
+        # rather than with warnings.catch_warnings(), which swaps process-global state and so races
+        # in the decoder threads.
+        w, h = opened.size
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise ImageError(f"image is {w}x{h} = {w * h} pixels, over PIL.Image.MAX_IMAGE_PIXELS "
+                             f"({Image.MAX_IMAGE_PIXELS}): a possible decompression bomb")
+        opened.seek(0)  # animated images: the first frame
+        opened.load()
+        return opened.copy() if opened.mode != "P" else opened.convert("RGBA")
 
 
 def to_standard_mode(img: Any) -> Any:
@@ -105,7 +115,7 @@ def resize_square(img: Any, imgsz: int, mode: str) -> Any:
 
     w, h = img.size
     if w < 1 or h < 1:
-        raise ValueError(f"image has no pixels ({w}x{h})")
+        raise ImageError(f"image has no pixels ({w}x{h})")
     if (w, h) == (imgsz, imgsz):
         return img
     if mode == "stretch":
@@ -139,13 +149,13 @@ def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarr
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.size == 0:
-        raise ValueError(f"array of shape {tuple(a.shape)} is not an image; "
+        raise ImageError(f"array of shape {tuple(a.shape)} is not an image; "
                          "give HxW, HxWx1/3/4 or 1/3/4xHxW")
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise ValueError(f"array dtype {a.dtype} is not an image; give uint8 0..255 or float 0..1")
+        raise ImageError(f"array dtype {a.dtype} is not an image; give uint8 0..255 or float 0..1")
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
-            raise ValueError("array holds NaN or infinite values")
+            raise ImageError("array holds NaN or infinite values")
         a = np.clip(a, 0.0, 1.0) * 255.0
     a = np.clip(a, 0, 255).round().astype(np.uint8)
     mode = "L" if a.ndim == 2 else ("RGB" if a.shape[-1] == 3 else "RGBA")

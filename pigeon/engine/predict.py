@@ -16,7 +16,7 @@ from torch import nn
 from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.engine.device import amp_dtype, select_device
 from pigeon.engine.evaluate import logits_for
-from pigeon.errors import DatasetError
+from pigeon.errors import DatasetError, describe
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Classifier:
                     errors.append(None)
                 except Exception as err:  # noqa: BLE001 - one bad image becomes one error entry, not a crash
                     arrays.append(None)
-                    errors.append(f"{type(err).__name__}: {err}")
+                    errors.append(describe(err))
             good = [a for a in arrays if a is not None]
             probs = iter(self.probabilities(np.stack(good)) if good else [])
             for (name, _), arr, err in zip(chunk, arrays, errors):
