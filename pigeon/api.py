@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pigeon.config import BenchConfig, ExportConfig, PredictConfig, TrainConfig, build
+from pigeon.config import AuditConfig, BenchConfig, ExportConfig, PredictConfig, TrainConfig, build
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.engine.train import TrainResult, make_run_dir
 from pigeon.engine.train import train as _train
 from pigeon.errors import CheckpointError, DatasetError
 
 if TYPE_CHECKING:
+    from pigeon.audits import AuditResult
     from pigeon.deploy import ExportResult
 
 
@@ -81,6 +82,21 @@ def bench(model: str | os.PathLike[str], **options: Any) -> list[dict[str, Any]]
         if cfg.verbose:
             print(f"results written to {run_dir}")
     return rows
+
+
+def audit(data: str, **options: Any) -> AuditResult:
+    """Audit an image folder, read-only: counts, image statistics, unreadable files, exact and near duplicates
+    (within and across splits), and label-error candidates from a cross-validated model; see `AuditConfig`.
+
+    Args:
+        data: a folder laid out as root/<class>/... or root/{train,val,test}/<class>/...
+        **options: out="runs/audit/<name>", near_threshold=0.06, label_check=True, folds=5, epochs=10, ...
+    Returns:
+        AuditResult with `dir` (report.json, report.md, thumbs/) and `report`, the content of report.json.
+    """
+    from pigeon.audits import run
+
+    return run(build(AuditConfig, data=data, **options))
 
 
 def _classifier(model: str | os.PathLike[str] | Classifier, device: str) -> Classifier:

@@ -21,6 +21,7 @@ from pigeon.config import (
     RESIZE_MODES,
     SCHEDULES,
     SELECT_METRICS,
+    AuditConfig,
     BenchConfig,
     ExportConfig,
     TrainConfig,
@@ -106,6 +107,24 @@ BENCH_HELP = {
     "name": "results folder name",
     "verbose": "print each row as it is measured",
 }
+AUDIT_HELP = {
+    "data": "image folder to audit: root/<class>/... or root/{train,val,test}/<class>/... (read only)",
+    "out": "report folder for report.md, report.json and thumbs/ (default: runs/audit/<folder name>, numbered); "
+           "never inside the data",
+    "near_threshold": "largest perceptual distance (0-2) between near duplicates: 0 = same picture, ~0.02 a "
+                      "re-encoded copy, different pictures rarely under 0.08",
+    "label_check": "look for label errors with a cross-validated model (the slow part; --no-label-check skips it)",
+    "model": "model trained for the label check",
+    "imgsz": "input size for the label check and the pixel statistics",
+    "folds": "cross-validation folds for the label check",
+    "epochs": "training epochs per fold",
+    "batch": "images per training step (smaller for tiny datasets)",
+    "confidence": "least confidence of a prediction that contradicts a label to list the image as a candidate",
+    "thumbnails": "most thumbnails per section in report.md",
+    "seed": "random seed for folds and training",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "verbose": "print progress and the summary",
+}
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
            "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
@@ -128,9 +147,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pigeon", allow_abbrev=False,
-                                     description="Image classification: train, val, predict, export, bench.")
+                                     description="Image classification: train, val, predict, export, bench, audit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,models}")
+    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
     p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
@@ -169,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Measure a checkpoint as PyTorch and as each export. Every option is also a "
                                      "keyword of pigeon.bench().")
     _add_dataclass_options(p, BenchConfig, BENCH_HELP)
+
+    p = verbs.add_parser("audit", help="check an image folder: duplicates, leaks, label errors, bad files",
+                         description="A read-only audit of an image folder: counts, image statistics, unreadable "
+                                     "files, exact and near duplicates within and across splits, and label-error "
+                                     "candidates. Writes report.md and report.json. Every option is also a keyword "
+                                     "of pigeon.audit().")
+    _add_dataclass_options(p, AuditConfig, AUDIT_HELP)
 
     p = verbs.add_parser("models", help="list the available model names",
                          description="pigeon's own models, and how to name timm and torchvision ones.")
@@ -264,6 +290,11 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "bench":
         options = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
         pigeon.bench(**options)
+        return 0
+    if args.verb == "audit":
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(AuditConfig)}
+        audited = pigeon.audit(**options)
+        print(json.dumps({"dir": str(audited.dir), "findings": {f["kind"]: f["count"] for f in audited.findings}}))
         return 0
     if args.verb == "models":
         return _print_models(args.filter)

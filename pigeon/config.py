@@ -234,6 +234,40 @@ class BenchConfig:
         return [int(v) for v in (self.imgsz or "").split(",") if v.strip()]
 
 
+@dataclass(frozen=True)
+class AuditConfig:
+    """`pigeon audit`: a read-only look at an image folder; the report goes to `out` (default
+    runs/audit/<folder name>), never into the data."""
+
+    data: str
+    out: str | None = None
+    near_threshold: float = 0.06
+    label_check: bool = True
+    model: str = "pigeon-n"
+    imgsz: int = 32
+    folds: int = 5
+    epochs: int = 10
+    batch: int = 64
+    confidence: float = 0.7
+    thumbnails: int = 50
+    seed: int = 0
+    device: str = "auto"
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.data:
+            raise ConfigError("data is required: the image folder to audit (root/<class>/... or "
+                              "root/{train,val,test}/<class>/...)")
+        _check_range("near_threshold", self.near_threshold, 0.0, 2.0)
+        _check_range("imgsz", self.imgsz, 8, 1024)
+        _check_range("folds", self.folds, 2, 20)
+        _check_range("epochs", self.epochs, 1)
+        _check_range("batch", self.batch, 2)  # BatchNorm needs two samples a step
+        _check_range("confidence", self.confidence, 0.0, 1.0, lo_open=True)
+        _check_range("thumbnails", self.thumbnails, 0)
+
+
 C = TypeVar("C")
 
 
