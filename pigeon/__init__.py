@@ -9,8 +9,15 @@
 __version__ = "0.1.0"
 
 from pigeon.api import audit, bench, export, load, predict, train, val  # noqa: E402
-from pigeon.errors import CheckpointError, ConfigError, DatasetError, ExportError, PigeonError  # noqa: E402
+from pigeon.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    ExportError,
+    ImageError,
+    PigeonError,
+)
 from pigeon.models import list_models  # noqa: E402
 
-__all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "PigeonError", "__version__",
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "ImageError", "PigeonError", "__version__",
            "audit", "bench", "export", "list_models", "load", "predict", "train", "val"]
