@@ -140,7 +140,7 @@ def image_to_array(img: Any, imgsz: int, channels: int, resize: str) -> np.ndarr
 
 
 def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarray:
-    """A user's array (HW, HWC or CHW; uint8 0..255 or float 0..1) -> uint8 [C, imgsz, imgsz]."""
+    """A user's array (HW, HWC or CHW; uint8 0..255, uint16 0..65535 or float 0..1) -> uint8 [C, imgsz, imgsz]."""
     from PIL import Image
 
     a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
@@ -157,6 +157,8 @@ def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarr
         if not np.isfinite(a).all():
             raise ImageError("array holds NaN or infinite values")
         a = np.clip(a, 0.0, 1.0) * 255.0
+    elif a.dtype == np.uint16:  # a 16-bit image (X-ray, microscope): its full range, as for a 16-bit PNG file
+        a = a * (255.0 / 65535.0)
     a = np.clip(a, 0, 255).round().astype(np.uint8)
     mode = "L" if a.ndim == 2 else ("RGB" if a.shape[-1] == 3 else "RGBA")
     return image_to_array(Image.fromarray(a, mode), spec.imgsz, spec.channels, spec.resize)

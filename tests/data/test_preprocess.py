@@ -390,3 +390,16 @@ def test_normalize_math() -> None:
     want = torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]])  # (0-.5)/.5, (1-.5)/.5, (.2-.2)/.1, (.4-.2)/.1
     torch.testing.assert_close(out, want)
     assert torch.equal(x, before)
+
+
+def test_uint16_arrays_use_their_full_range_like_16_bit_png_files(tmp_path: Path) -> None:
+    from pigeon.data.preprocess import Preprocess, array_to_uint8, image_to_array, open_image
+
+    px = np.array([[0, 257, 32768, 65535]] * 4, np.uint16)
+    spec = Preprocess(imgsz=4, channels=1, resize="stretch")
+    from_array = array_to_uint8(px, spec)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(px).save(path)
+    from_file = image_to_array(open_image(path), 4, 1, "stretch")
+    assert from_array[0, 0].tolist() == [0, 1, 128, 255]
+    assert np.array_equal(from_array, from_file)
