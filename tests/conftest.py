@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +108,22 @@ def clf(digits_run: Path):  # type: ignore[no-untyped-def]
     import pigeon
 
     return pigeon.load(digits_run / "weights" / "best.safetensors", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_clf(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.ndarray, np.ndarray]) -> Any:
+    """A pigeon-n trained for one epoch on 3 digit classes at 16x16 grayscale: for tests of predict's plumbing."""
+    from PIL import Image
+
+    import pigeon
+
+    images, labels = digits_arrays
+    root = tmp_path_factory.mktemp("tiny") / "digits"
+    for digit in range(3):
+        (root / str(digit)).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(labels == digit)[:6]):
+            Image.fromarray(images[i], "L").resize((16, 16), Image.BILINEAR).save(root / str(digit) / f"{k}.png")
+    base = tmp_path_factory.mktemp("tiny-run")
+    run = pigeon.train(str(root), epochs=1, imgsz=16, plots=False, verbose=False, device="cpu", amp="off", seed=0,
+                       project=str(base / "runs"), cache_dir=str(base / "cache"))
+    return pigeon.load(run.best, device="cpu")

@@ -39,6 +39,9 @@ def images(tmp_path: Path) -> list[Path]:
     ("train", ["--data", "--epochs", "--lr", "--val-fraction", "--no-ema", "--cache-dir", "--project"]),
     ("val", ["--model", "--data", "--split", "--project", "--no-plots"]),
     ("predict", ["--model", "--source", "--top-k", "--save-json", "--save-csv"]),
+    ("export", ["--model", "--format", "--out", "--imgsz", "--dynamic-batch", "--int8", "--calib-data", "--data",
+                "--no-check", "--min-agreement", "--int8-max-drop"]),
+    ("bench", ["--model", "--formats", "--imgsz", "--runs", "--warmup", "--throughput-seconds", "--project"]),
     ("models", ["--help"]),
 ])
 def test_help_for_each_verb(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -256,20 +259,6 @@ def test_train_fine_tunes_with_weights_freeze_and_backbone_lr(digits_folder, tmp
 
 
 # -- export and bench -----------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("verb", "options"), [
-    ("export", ["--model", "--format", "--out", "--imgsz", "--dynamic-batch", "--int8", "--calib-data", "--data",
-                "--no-check", "--min-agreement", "--int8-max-drop"]),
-    ("bench", ["--model", "--formats", "--imgsz", "--runs", "--warmup", "--throughput-seconds", "--project"]),
-])
-def test_help_for_export_and_bench(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([verb, "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"usage: pigeon {verb}")
-    for option in options:
-        assert option in out, option
 
 
 def test_export_then_predict_with_the_export(best: str, images: list[Path], tmp_path: Path,

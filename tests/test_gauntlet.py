@@ -503,19 +503,6 @@ def test_the_table_counts_at_least_19_distinct_cases() -> None:
 # ---- running a case ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_clf(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.ndarray, np.ndarray]) -> Classifier:
-    """A pigeon-n trained for one epoch on 3 digit classes at 16x16 grayscale: only predict's plumbing matters."""
-    images, labels = digits_arrays
-    root = tmp_path_factory.mktemp("tiny") / "digits"
-    for digit in range(3):
-        (root / str(digit)).mkdir(parents=True)
-        for k, i in enumerate(np.flatnonzero(labels == digit)[:6]):
-            Image.fromarray(images[i], "L").resize((16, 16), Image.BILINEAR).save(root / str(digit) / f"{k}.png")
-    base = tmp_path_factory.mktemp("tiny-run")
-    run = pigeon.train(str(root), **FAST, project=str(base / "runs"), cache_dir=str(base / "cache"))
-    return pigeon.load(run.best, device="cpu")
-
 
 def _deny_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Root reads any file; make open() refuse files without read permission, as the kernel does for a user."""

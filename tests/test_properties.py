@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-import pigeon
 from pigeon.data.preprocess import Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.errors import ImageError, PigeonError
@@ -156,20 +155,6 @@ BROKEN_CHUNK = _png(16, 16, tail=b"\0\0\0\0!!!!")  # a chunk named "!!!!" after 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def tiny_clf(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.ndarray, np.ndarray]) -> Classifier:
-    """A pigeon-n trained for one epoch on 3 digit classes at 16x16 grayscale."""
-    images, labels = digits_arrays
-    root = tmp_path_factory.mktemp("tiny") / "digits"
-    for digit in range(3):
-        (root / str(digit)).mkdir(parents=True)
-        for k, i in enumerate(np.flatnonzero(labels == digit)[:6]):
-            Image.fromarray(images[i], "L").resize((16, 16), Image.BILINEAR).save(root / str(digit) / f"{k}.png")
-    base = tmp_path_factory.mktemp("tiny-run")
-    run = pigeon.train(str(root), epochs=1, imgsz=16, plots=False, verbose=False, device="cpu", amp="off",
-                       project=str(base / "runs"), cache_dir=str(base / "cache"))
-    return pigeon.load(run.best, device="cpu")
 
 
 # ---- checks --------------------------------------------------------------------------------------------------

@@ -129,21 +129,28 @@ def at_size(model: nn.Module, meta: dict[str, Any], imgsz: int) -> nn.Module:
     return resized
 
 
-def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real labelled images for the parity check: a seeded sample of the data's val split (else test, train)."""
+def _export_data(data: str | None, meta: dict[str, Any], imgsz: int, cache_dir: str | None, need: str,
+                 fix: str) -> Any:
+    """The dataset at the export's input size and the checkpoint's preprocessing, or an ExportError saying
+    what it was `need`ed for and the `fix`. Decoding is cached, so calibration and the check share it."""
     from pigeon.data import load_dataset
 
-    data = cfg.data or cfg.calib_data or meta.get("config", {}).get("data")
     try:
         if not data:
             raise DatasetError("the checkpoint does not name its training data")
-        ds = load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
-                          resize=meta["preprocess"]["resize"], cache_dir=cfg.cache_dir, verbose=False)
+        return load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
+                            resize=meta["preprocess"]["resize"], cache_dir=cache_dir, verbose=False)
     except DatasetError as err:
-        # INT8 is always measured against fp32, so for it skipping the check is not an option to offer
-        skip = "" if cfg.int8 else ", or --no-check to skip the check"
-        raise ExportError(f"the parity check needs real images and could not read {data!r} ({err}); pass --data "
-                          f"(a folder with the model's classes or a built-in name){skip}") from None
+        raise ExportError(f"{need} and could not read {data!r} ({err}); {fix}") from None
+
+
+def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real labelled images for the parity check: a seeded sample of the data's val split (else test, train)."""
+    # INT8 is always measured against fp32, so for it skipping the check is not an option to offer
+    skip = "" if cfg.int8 else ", or --no-check to skip the check"
+    data = cfg.data or cfg.calib_data or meta.get("config", {}).get("data")
+    ds = _export_data(data, meta, imgsz, cfg.cache_dir, "the parity check needs real images",
+                      f"pass --data (a folder with the model's classes or a built-in name){skip}")
     split = ds.splits[next(s for s in ("val", "test", "train") if s in ds.splits)]
     pick = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:cfg.check_images])
     classes = list(meta["classes"])
@@ -243,17 +250,9 @@ class _Calibration:
 def _quantize(fp32: Path, out: Path, meta: dict[str, Any], cfg: ExportConfig, imgsz: int, work: Path) -> None:
     from onnxruntime import quantization as q
 
-    from pigeon.data import load_dataset
-
     data = cfg.calib_data or cfg.data or meta.get("config", {}).get("data")
-    try:
-        if not data:
-            raise DatasetError("the checkpoint does not name its training data")
-        ds = load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
-                          resize=meta["preprocess"]["resize"], cache_dir=cfg.cache_dir, verbose=False)
-    except DatasetError as err:
-        raise ExportError(f"INT8 calibration needs training images and could not read {data!r} ({err}); pass "
-                          "--calib-data (a folder or a built-in name)") from None
+    ds = _export_data(data, meta, imgsz, cfg.cache_dir, "INT8 calibration needs training images",
+                      "pass --calib-data (a folder or a built-in name)")
     train = ds.splits["train"]
     pick = np.sort(np.random.default_rng(1).permutation(len(train.labels))[:cfg.calib_images])
     shape = (1, -1, 1, 1)
