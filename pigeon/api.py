@@ -125,12 +125,9 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
 
     clf = _classifier(model, device)
     spec = clf.preprocess
-    # Ask for the channel count the way training did (auto) first, so training's cache entry is reused.
-    ds = load_dataset(data, imgsz=spec.imgsz, channels=None, resize=spec.resize, cache_dir=cache_dir,
+    # The cache is keyed by what the preprocessing resolves to, so training's entry is reused as it is.
+    ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize, cache_dir=cache_dir,
                       verbose=verbose)
-    if ds.preprocess.channels != spec.channels:
-        ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize,
-                          cache_dir=cache_dir, verbose=verbose)
     if split is None:
         split = next(s for s in ("val", "test", "train") if s in ds.splits)
     if split not in ds.splits:

@@ -619,7 +619,7 @@ def _run_changes(exp: Changes, root: Path, tmp_path: Path, cache_dir: Path) -> N
     assert _skipped_paths(second.run_dir) == []
     if exp.then is not None:
         exp.then(ds2, root)
-    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([fp1, fp2])  # the old entry is left alone
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([ds1.cache_entry, ds2.cache_entry])  # old kept
 
 
 @pytest.mark.parametrize("case", [
@@ -714,5 +714,5 @@ def test_every_case_at_once_and_pigeon_changes_no_input_file(digits_folder: Call
     assert sorted(after) == sorted(before), "pigeon added or removed something inside the data folder"
     changed = [k for k in before if after[k] != before[k]]
     assert changed == [], f"pigeon changed these inputs: {changed}"
-    assert {p.name for p in cache_dir.iterdir()} == {ds.fingerprint}  # the decoded arrays live in cache_dir only
+    assert {p.name for p in cache_dir.iterdir()} == {ds.cache_entry}  # the decoded arrays live in cache_dir only
     assert json.loads((run.run_dir / "config.json").read_text())["data"] == str(root)

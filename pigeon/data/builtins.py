@@ -154,4 +154,5 @@ def load_builtin(name: str, *, imgsz: int | None, channels: int | None, resize: 
         splits = {s: _resized(sp, spec, cache.fingerprint([key, s]), cache_dir) for s, sp in splits.items()}
     mean, std = channel_stats(splits["train"].images)
     spec = Preprocess(imgsz=imgsz, channels=channels, resize=resize, mean=mean, std=std)
-    return Dataset(name=name, classes=classes, splits=splits, preprocess=spec, fingerprint=key, fliplr=fliplr)
+    return Dataset(name=name, classes=classes, splits=splits, preprocess=spec, fingerprint=key, fliplr=fliplr,
+                   cache_entry=key)

@@ -32,10 +32,11 @@ class Dataset:
     classes: tuple[str, ...]
     splits: dict[str, Split]
     preprocess: Preprocess
-    fingerprint: str
+    fingerprint: str  # of the data and the resolved preprocessing: what a resumed run must find unchanged
     fliplr: float = 0.5  # a sensible default flip probability for this data (0 for digits)
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) for files left out
     notes: tuple[str, ...] = field(default=())
+    cache_entry: str = ""  # the folder under the cache root that holds the decoded arrays, if any
 
     @property
     def num_classes(self) -> int:

@@ -85,18 +85,20 @@ def _stat(path: Path) -> tuple[int, int, int]:
         return -1, -1, -1
 
 
-def _decode(path: Path, imgsz: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
+def _decode(path: Path, imgsz: int, channels: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
     if _stat(path)[0] == 0:
         return None, False, "empty file (0 bytes)"
     try:
         img = open_image(path)
-        return image_to_array(img, imgsz, 3, resize), is_grayscale(img), ""
+        return image_to_array(img, imgsz, channels, resize), is_grayscale(img), ""
     except Exception as err:  # noqa: BLE001 - any decoder failure means: skip this file and say why
         return None, False, f"cannot be decoded ({describe(err)})"
 
 
 def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,
            resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
+    """Decode every file once. With `channels` None the entry keeps the data's own channel count (1 when every
+    file is grayscale, else 3); a given count is decoded exactly as `predict` will convert a file."""
     names: list[str] = []
     meta: dict[str, Any] = {"skipped": [], "paths": {}, "all_gray": True}
     total = sum(len(v) for v in files.values())
@@ -104,10 +106,10 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
         for split, items in files.items():
             out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(items), 3, imgsz, imgsz))
+                                            shape=(len(items), channels or 3, imgsz, imgsz))
             labels, paths, n = [], [], 0
             for (path, label), (arr, gray, why) in zip(
-                    items, pool.map(lambda it: _decode(it[0], imgsz, resize), items, chunksize=16)):
+                    items, pool.map(lambda it: _decode(it[0], imgsz, channels or 3, resize), items, chunksize=16)):
                 bar.update(1)
                 if arr is None:
                     meta["skipped"].append((str(path.relative_to(root)), why))
@@ -122,10 +124,11 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
             np.save(tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
             meta[f"{split}_n"] = n
     bar.close()
+    # A grayscale file converted to RGB repeats its one channel, so the first of three is exactly its L image.
     keep = channels or (1 if meta["all_gray"] else 3)
     for split in files:
         rgb = np.load(tmp / f"{split}_rgb.npy", mmap_mode="r")[: meta[f"{split}_n"]]
-        np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(rgb[:, :1] if keep == 1 else rgb))
+        np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(rgb[:, :keep]))
         del rgb
         (tmp / f"{split}_rgb.npy").unlink()
         names += [f"{split}_images", f"{split}_labels"]
@@ -138,11 +141,21 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | Non
     root = Path(root).expanduser()
     classes, files, skipped = scan(root)
     listing = [(s, str(p.relative_to(root)), lbl, *_stat(p)) for s, items in files.items() for p, lbl in items]
-    key = cache.fingerprint(["folder", classes, listing, imgsz, channels, resize])
-    def build(tmp: Path) -> tuple[list[str], dict[str, Any]]:
-        return _build(tmp, root, files, imgsz, channels, resize, verbose)
-
-    arrays, meta, _ = cache.load_or_build(cache.cache_root(cache_dir), key, build)
+    store = cache.cache_root(cache_dir)
+    # The entry and the fingerprint depend on the data and on what the preprocessing resolves to, never on how
+    # an option was spelled: `channels=None` on grayscale data and `channels=1` are the same run (issue 16).
+    data_key = cache.fingerprint(["folder", classes, listing, imgsz, resize])
+    found = cache.load(store, data_key) if channels else None  # decoded before without --channels?
+    if found is not None and found[1]["channels"] == channels:
+        (arrays, meta), entry = found, data_key
+    elif channels:  # a count the data does not have on its own: decoded the way predict converts each file
+        entry = cache.fingerprint([data_key, "channels", channels])
+        arrays, meta, _ = cache.load_or_build(store, entry, lambda tmp: _build(
+            tmp, root, files, imgsz, channels, resize, verbose))
+    else:
+        entry = data_key
+        arrays, meta, _ = cache.load_or_build(store, entry, lambda tmp: _build(
+            tmp, root, files, imgsz, None, resize, verbose))
     skipped += [(str(root / p), why) for p, why in meta["skipped"]]
     splits = {}
     for split in files:
@@ -157,5 +170,6 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | Non
         splits[split] = Split(arrays[f"{split}_images"], labels, paths)
     mean, std = channel_stats(splits["train"].images)
     spec = Preprocess(imgsz=imgsz, channels=meta["channels"], resize=resize, mean=mean, std=std)
-    return Dataset(name=root.name, classes=classes, splits=splits, preprocess=spec, fingerprint=key,
-                   skipped=tuple(skipped))  # type: ignore[arg-type]
+    return Dataset(name=root.name, classes=classes, splits=splits, preprocess=spec,
+                   fingerprint=cache.fingerprint([data_key, "channels", meta["channels"]]),
+                   skipped=tuple(skipped), cache_entry=entry)  # type: ignore[arg-type]

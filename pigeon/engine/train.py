@@ -57,8 +57,11 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
     spec = ds.preprocess
     lr = cfg.lr or (0.2 * cfg.batch / 256 if cfg.optimizer == "sgd" else 2e-3 * cfg.batch / 256)
     amp = amp_dtype(device, cfg.amp)
+    n_train = len(ds.splits["train"])
+    total_steps = n_train // min(cfg.batch, n_train) * cfg.epochs
     return dataclasses.replace(
         cfg, imgsz=spec.imgsz, channels=spec.channels, lr=lr,
+        ema_decay=cfg.ema_decay if cfg.ema_decay is not None else ema_decay_for(total_steps),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
         fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
         translate=cfg.translate if cfg.translate is not None else max(1, spec.imgsz // 10),
@@ -237,7 +240,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
-    ema = EMA(model, cfg.ema_decay or ema_decay_for(total_steps)) if cfg.ema else None
+    ema = EMA(model, float(cfg.ema_decay or 0)) if cfg.ema else None
     eval_kw = {"amp": amp, "channels_last": bool(cfg.channels_last)}
     meta_base = {"model": cfg.model, "classes": classes, "preprocess": spec.to_dict(),
                  "config": cfg.to_dict(), "data": {"name": ds.name, "fingerprint": ds.fingerprint}}

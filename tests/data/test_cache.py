@@ -19,9 +19,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = folders._decode
 
-    def counting(path: Path, imgsz: int, resize: str) -> tuple:
+    def counting(path: Path, imgsz: int, channels: int, resize: str) -> tuple:
         seen.append(str(path))
-        return real(path, imgsz, resize)
+        return real(path, imgsz, channels, resize)
 
     monkeypatch.setattr(folders, "_decode", counting)
     return seen
@@ -105,7 +105,7 @@ def test_touching_a_file_rebuilds(digits_folder, cache_dir: Path, decodes: list[
     decodes.clear()
     second = _load(root, cache_dir)
     assert second.fingerprint != first.fingerprint and len(decodes) == 6
-    assert _entries(cache_dir) == sorted([first.fingerprint, second.fingerprint])
+    assert _entries(cache_dir) == sorted([first.cache_entry, second.cache_entry])
 
 
 def test_rewriting_a_file_rebuilds_with_the_new_pixels(digits_folder, cache_dir: Path) -> None:
@@ -156,14 +156,46 @@ def test_preprocessing_changes_rebuild(digits_folder, cache_dir: Path, decodes: 
     assert decodes == []
 
 
+def test_spelling_the_resolved_channels_reuses_the_entry(digits_folder, cache_dir: Path, decodes: list[str]) -> None:
+    root = digits_folder(per_class=2, classes=("a", "b"))  # grayscale files: channels resolves to 1
+    auto = _load(root, cache_dir)
+    decodes.clear()
+    spelled = _load(root, cache_dir, channels=1)  # what a resumed run, val, export and bench pass
+    assert decodes == [] and spelled.fingerprint == auto.fingerprint and spelled.cache_entry == auto.cache_entry
+    _same(spelled, auto)
+
+
+def test_spelling_the_channels_first_gives_the_same_fingerprint(digits_folder, cache_dir: Path) -> None:
+    root = digits_folder(per_class=2, classes=("a", "b"))
+    spelled = _load(root, cache_dir, channels=1)  # no entry yet: decoded for exactly what was asked
+    auto = _load(root, cache_dir)
+    assert spelled.fingerprint == auto.fingerprint
+    _same(spelled, auto)
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 1), ("L", 3)])
+def test_a_channel_count_the_data_lacks_is_decoded_as_predict_converts(digits_folder, cache_dir: Path,
+                                                                       mode: str, channels: int) -> None:
+    from pigeon.data.preprocess import image_to_array, open_image
+
+    root = digits_folder(per_class=2, classes=("a", "b"), mode=mode)
+    ds = _load(root, cache_dir, channels=channels)
+    train = ds.splits["train"]
+    assert ds.preprocess.channels == channels and train.paths is not None
+    for pixels, path in zip(train.images, train.paths):
+        # An RGB image's grayscale is its luma, not its red channel: training must see what predict sees.
+        np.testing.assert_array_equal(pixels, image_to_array(open_image(path), 16, channels, "crop"))
+    assert ds.fingerprint != _load(root, cache_dir).fingerprint  # a different input is a different run
+
+
 # ---- location --------------------------------------------------------------------------------------------
 
 
 def test_cache_lives_in_cache_dir_only(digits_folder, cache_dir: Path) -> None:
     root = digits_folder(splits=("train", "test"), per_class=2, classes=("a", "b"))
     ds = _load(root, cache_dir)
-    assert _entries(cache_dir) == [ds.fingerprint]  # no build folders left behind
-    entry = cache_dir / ds.fingerprint
+    assert _entries(cache_dir) == [ds.cache_entry]  # no build folders left behind
+    entry = cache_dir / ds.cache_entry
     assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "test_images.npy", "test_labels.npy",
                                                        "train_images.npy", "train_labels.npy"]
     assert Path(ds.splits["train"].images.filename).parent == entry
@@ -177,7 +209,7 @@ def test_pigeon_cache_dir_env_is_honoured(digits_folder, tmp_path: Path,
     env_dir = tmp_path / "from-env"
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(env_dir))
     ds = _load(digits_folder(per_class=2, classes=("a", "b")), None)
-    assert _entries(env_dir) == [ds.fingerprint]
+    assert _entries(env_dir) == [ds.cache_entry]
 
 
 def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,13 +254,13 @@ def test_a_broken_entry_is_rebuilt(digits_folder, cache_dir: Path, decodes: list
     root = digits_folder(per_class=3, classes=("a", "b"))
     first = _load(root, cache_dir)
     expected = {s: (np.array(sp.images), np.array(sp.labels)) for s, sp in first.splits.items()}
-    damage(cache_dir / first.fingerprint)
+    damage(cache_dir / first.cache_entry)
     decodes.clear()
     again = _load(root, cache_dir)
     assert len(decodes) == 6 and again.fingerprint == first.fingerprint
     np.testing.assert_array_equal(again.splits["train"].images, expected["train"][0])
     np.testing.assert_array_equal(again.splits["train"].labels, expected["train"][1])
-    assert _entries(cache_dir) == [first.fingerprint]
+    assert _entries(cache_dir) == [first.cache_entry]
     decodes.clear()
     _load(root, cache_dir)
     assert decodes == []  # and the repaired entry is used from then on

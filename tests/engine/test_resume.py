@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -201,3 +202,106 @@ def test_cli_resume_needs_no_data(uninterrupted: Path, capsys: pytest.CaptureFix
 
     assert main(["train", "--resume", str(uninterrupted), "--no-verbose", "--no-plots"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(uninterrupted)
+
+
+# --- Resuming the way a user runs it: default options, a folder of their own images (issue 16) ---------------
+
+# The child for user-style runs: options exactly as given, on any data; killed from outside at a chosen step.
+USER_CHILD = CHILD.replace('pigeon.train("digits", project=project, name="run", **options)',
+                           'pigeon.train(options.pop("data"), project=project, name="run", **options)')
+QUIET = {"epochs": 3, "plots": False, "verbose": False}  # neither changes what is trained
+
+
+@pytest.fixture
+def digit_pngs(tmp_path: Path, digits_folder: Any) -> Path:
+    """A held-out layout of 8x8 digit PNGs (train/ and val/), as a user's own folder would be."""
+    return digits_folder(tmp_path / "pngs", splits=("train", "val"), per_class={"train": 26, "val": 8},
+                         classes=[str(d) for d in range(10)], size=8)
+
+
+def _kill_mid_run(data: str, project: Path, options: dict[str, Any], kill_at: int) -> Path:
+    marker = project / "mid-epoch"
+    project.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen([sys.executable, "-c", USER_CHILD, str(marker), str(kill_at), str(project),
+                              json.dumps({**options, "data": data})], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child never reached the step to be killed at"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+        if child.stderr is not None:
+            child.stderr.close()
+    return project / "run"
+
+
+@pytest.mark.parametrize("source", ["folder", "builtin"])
+def test_a_default_options_run_killed_mid_run_resumes_exactly(source: str, digit_pngs: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from pigeon.cli import main
+
+    data = str(digit_pngs) if source == "folder" else "digits"
+    reference = pigeon.train(data, project=str(tmp_path / "ref"), name="run", **QUIET)
+    steps = json.loads((reference.run_dir / "config.json").read_text())
+    n_train = 260 if source == "folder" else 1212
+    steps_per_epoch = n_train // min(steps["batch"], n_train)
+    run_dir = _kill_mid_run(data, tmp_path / "killed", QUIET, kill_at=steps_per_epoch + 1)  # in epoch 2
+    assert _epochs_in_csv(run_dir) == [1]
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--no-verbose", "--no-plots"]) == 0  # as a user types it
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
+    assert _epochs_in_csv(run_dir) == [1, 2, 3]
+    _assert_same_weights(run_dir / "weights" / "last.safetensors", reference.last)
+    _assert_same_weights(run_dir / "weights" / "best.safetensors", reference.best)
+
+
+# Every option that `resolve` fills in. Each case spells out all of them as the reference run resolved them,
+# except one left at its default: how an option was spelled must never decide whether a run can resume.
+RESOLVED = ("imgsz", "channels", "lr", "weight_decay", "fliplr", "translate", "resized_crop", "ema_decay",
+            "channels_last", "amp")
+
+
+@pytest.fixture(scope="module")
+def folder_reference(tmp_path_factory: pytest.TempPathFactory, digits_arrays: Any) -> tuple[Path, Path]:
+    """(data folder, uninterrupted run) for a grayscale PNG folder trained with default options."""
+    from PIL import Image
+
+    images, labels = digits_arrays
+    root = tmp_path_factory.mktemp("resolved") / "pngs"
+    for digit in range(4):
+        (root / str(digit)).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(labels == digit)[:40]):
+            Image.fromarray(images[i], "L").save(root / str(digit) / f"{k}.png")
+    run = pigeon.train(str(root), project=str(root.parent / "ref"), name="run", **QUIET)
+    return root, run.run_dir
+
+
+@pytest.mark.parametrize("left_default", RESOLVED)
+def test_resume_works_whichever_resolved_option_was_left_at_its_default(
+        left_default: str, folder_reference: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    root, reference = folder_reference
+    resolved = json.loads((reference / "config.json").read_text())
+    spelled = {k: resolved[k] for k in RESOLVED if k != left_default}
+    steps_per_epoch = 144 // min(resolved["batch"], 144)  # 160 images less the 10% held out
+    real_step, calls = train_mod.train_step, [0]
+
+    def step(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        pigeon.train(str(root), project=str(tmp_path), name="run", **QUIET, **spelled)
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {**resolved, "name": "run",
+                                                                          "project": str(tmp_path)}
+    pigeon.train(resume=str(tmp_path / "run"), verbose=False)
+    _assert_same_weights(tmp_path / "run" / "weights" / "last.safetensors", reference / "weights" / "last.safetensors")
