@@ -9,6 +9,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,17 +170,26 @@ def resume_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in defaults}), **given)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run training; process-wide torch settings it changes (threads, determinism) are restored after."""
+Events = Callable[[dict[str, Any]], None]
+EVENT_EVERY = 10  # training steps between two "progress" events
+
+
+def train(cfg: TrainConfig, events: Events | None = None) -> TrainResult:
+    """Run training; process-wide torch settings it changes (threads, determinism) are restored after.
+
+    `events`, when given, is called with plain dicts as the run goes (the app's progress feed): "start" (run
+    folder, epochs, steps), "progress" every EVENT_EVERY steps (loss, images/s), "epoch" (its results.csv row)
+    and "done" (the summary).
+    """
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(resume_config(cfg) if cfg.resume else cfg)
+        return _train(resume_config(cfg) if cfg.resume else cfg, events or (lambda e: None))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(cfg: TrainConfig) -> TrainResult:
+def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     t0 = time.perf_counter()
     check_model_name(cfg.model)
     say = print if cfg.verbose else (lambda *a, **k: None)
@@ -269,6 +279,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     epoch = int(progress_state["epoch"])
+    emit({"event": "start", "run_dir": str(run_dir), "epoch": epoch, "epochs": planned, "steps": steps_per_epoch,
+          "batch": batch, "images": len(labels), "history": rows})
     try:
         while epoch < planned:
             epoch += 1
@@ -297,6 +309,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 if i % 20 == 19:
                     rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
                     bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
+                if i % EVENT_EVERY == EVENT_EVERY - 1 or i == steps_per_epoch - 1:
+                    emit({"event": "progress", "epoch": epoch, "epochs": planned, "step": i + 1,
+                          "steps": steps_per_epoch, "loss": float(loss_sum) / (i + 1),
+                          "images_per_s": (i + 1) * batch / (time.perf_counter() - t_epoch)})
             bar.close()
             train_time = time.perf_counter() - t_epoch
             final_model = ema.module if ema is not None else model
@@ -314,6 +330,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(elapsed, 2)})
             rows.append(row)
             _write_csv(run_dir / "results.csv", rows)
+            emit({"event": "epoch", "epochs": planned, **row})
             meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
             checkpoint.save(last_path, final_model, meta)
             if cfg.save_period and epoch % cfg.save_period == 0:
@@ -368,6 +385,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
                                             "metrics": {k: _brief(v) for k, v in results.items() if v}})
     headline = results["test"] or results["val"]
+    emit({"event": "done", "run_dir": str(run_dir), **summary})
     if headline is not None:
         say(format_report(headline))
     split_name = "test" if results["test"] else "val"
