@@ -61,8 +61,9 @@ def _unimportable(module: str) -> Iterator[None]:
 
 def import_quietly(package: str) -> ModuleType:
     """`import package`, with its telemetry off when pigeon is the one importing it (see the module docstring)."""
-    if package in sys.modules:
-        return sys.modules[package]
+    loaded = sys.modules.get(package)
+    if loaded is not None:  # (None there means "blocked": the import below raises ImportError, as it should)
+        return loaded
     if package == "onnxruntime" or package.startswith("onnxruntime."):
         with _env_default(ORT_SWITCH, "1"):
             return importlib.import_module(package)
