@@ -8,9 +8,9 @@ Two of the export libraries phone home as soon as they are imported, whatever is
   a native thread resolves mobile.events.data.microsoft.com to upload. `disable_telemetry_events()` comes too
   late; the library's own switch is the environment variable ORT_DISABLE_TELEMETRY, read once at load.
 - openvino imports openvino.tools.ovc, which sends an "import" event to Google Analytics through the
-  openvino-telemetry package (and more events from every convert_model), writing a client id under ~/intel,
-  unless a consent file in the home says no. ovc falls back to its own bundled no-op stub when
-  openvino-telemetry cannot be imported.
+  openvino-telemetry package (and more events from every convert_model, each from a forked process that
+  resolves www.google-analytics.com), writing a client id under ~/intel, unless a consent file in the home
+  says no. ovc falls back to its own bundled no-op stub when openvino-telemetry cannot be imported.
 
 So the first import of each is made with the library's switch on, and everything set is put back at once:
 ORT_DISABLE_TELEMETRY is set only for the import (and only if the user has not set it either way), and
