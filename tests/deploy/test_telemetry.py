@@ -7,6 +7,7 @@ right after the import is the proof, without waiting for the upload timers (test
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
+
+
+def _installed(*packages: str) -> None:
+    """Skip unless installed, without importing them here (a plain import would start their telemetry in the
+    test process itself)."""
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'pigeon[export]')")
 
 PROBE = r"""
 import json, os, sys
@@ -47,8 +56,7 @@ def _probe(tmp_path: Path, code: str, **env: str) -> dict:
 
 
 def test_runtimes_load_without_telemetry_and_leave_the_process_as_it_was(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
+    _installed("onnxruntime", "openvino")
     result = _probe(tmp_path, PROBE)
     assert result == {"env_unchanged": True, "ovc_telemetry": "openvino.tools.ovc.telemetry_stub",
                       "openvino_telemetry_importable": "openvino_telemetry", "again_same": True, "home": []}
@@ -58,13 +66,13 @@ def test_a_plain_onnxruntime_import_does_write_its_telemetry_id_into_the_home(tm
     """The control, so the test above can fail: onnxruntime imported without pigeon writes its device id at
     once. The probe exits straight after, long before the upload timer; OpenVINO's control is not run here
     because its plain import sends its event to Google Analytics at once."""
-    pytest.importorskip("onnxruntime")
+    _installed("onnxruntime")
     result = _probe(tmp_path, "import os, onnxruntime; print('{}', flush=True); os._exit(0)")
     assert any(".onnxruntime/deviceid" in p for p in result["home"]), result["home"]
 
 
 def test_a_users_own_onnxruntime_setting_is_left_alone(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+    _installed("onnxruntime")
     code = ("import json, os; from pigeon.deploy.runtimes import need; need('onnxruntime'); "
             "print(json.dumps({'value': os.environ.get('ORT_DISABLE_TELEMETRY')}))")
     assert _probe(tmp_path, code, ORT_DISABLE_TELEMETRY="0")["value"] == "0"
