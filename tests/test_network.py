@@ -170,6 +170,11 @@ def hub(monkeypatch: pytest.MonkeyPatch, no_proxy: None, tmp_path: Path) -> Iter
              _safetensors(create_model("timm:test_resnet", num_classes=1000, in_chans=3, imgsz=32)),
              "/org/repo/resolve/main/model.safetensors":
              _safetensors(create_model("pigeon-n", num_classes=5, in_chans=1, imgsz=16))}
+    # huggingface_hub fixes its offline mode when first imported; a test before this one may have imported it
+    # under HF_HUB_OFFLINE=1 (pigeon itself reads the variable when the weights are asked for)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     server = LoopbackServer(files)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
