@@ -9,7 +9,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test lint bench clean
+.PHONY: install data tools demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -25,12 +25,17 @@ data:
 	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
 
+# Debian's strace: tests/test_offline.py traces every verb with it to prove that none touches the network.
+tools:
+	@if ! command -v strace >/dev/null && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; fi
+
 demo: install data
 	$(BIN)/pigeon train --data fashion-mnist --model pigeon-n --epochs 10 --project runs/train --name demo --exist-ok
 	$(BIN)/python examples/fashion_samples.py --out runs/demo-samples --count 8
 	$(BIN)/pigeon predict --model runs/train/demo/weights/best.safetensors --source runs/demo-samples --top-k 3
 
-test: install data
+test: install data tools
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -33,7 +33,9 @@ PEER_WEIGHTS = ROOT / "benchmarks" / ".peer-work" / "runs" / "fmnist" / "weights
 
 
 def ort_session(path: Path) -> Any:
-    import onnxruntime as ort
+    from pigeon.deploy.runtimes import need
+
+    ort = need("onnxruntime")  # with its telemetry off, as pigeon itself loads it
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -18,6 +18,7 @@ from pigeon.data.dataset import Dataset, Split, channel_stats, stratified_split
 from pigeon.data.preprocess import Preprocess, image_to_array
 from pigeon.errors import DatasetError
 from pigeon.io import atomic_write_bytes
+from pigeon.offline import offline
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -58,12 +59,21 @@ def _verified(path: Path) -> bytes | None:
 
 
 def download_fashion_mnist(dest: Path, base_url: str | None = None, timeout: float = 30.0) -> None:
-    """Fetch the four original files into `dest`, checking each one's checksum before keeping it."""
+    """Fetch the four original files into `dest`, checking each one's checksum before keeping it.
+
+    From $PIGEON_FASHION_MNIST_URL when set (a mirror), else the dataset's original address; never with
+    PIGEON_OFFLINE=1."""
     base_url = base_url or os.environ.get("PIGEON_FASHION_MNIST_URL") or FASHION_URL
     for name, sha in FASHION_FILES.items():
         if (dest / name).exists() and _verified(dest / name) is not None:
             continue
         url = base_url.rstrip("/") + "/" + name
+        if offline():
+            raise DatasetError(
+                f"--data fashion-mnist: the dataset is not on this machine and PIGEON_OFFLINE=1 forbids downloading "
+                f"it from {base_url}. Fix: on Debian/Ubuntu run `apt-get install dataset-fashion-mnist`, or copy the "
+                f"four *-ubyte.gz files ({', '.join(FASHION_FILES)}) into a folder and set PIGEON_FASHION_MNIST to "
+                f"it, or place them in {dest}")
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 blob = response.read()

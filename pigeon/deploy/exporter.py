@@ -218,7 +218,7 @@ def _save_torchscript(traced: torch.jit.ScriptModule, path: Path, contract: dict
 
 
 def _write_openvino(model: nn.Module, example: torch.Tensor, xml: Path, dynamic: bool) -> None:
-    import openvino as ov
+    ov = need("openvino")  # without OpenVINO's usage telemetry (pigeon.deploy.telemetry)
 
     try:
         with _quiet():

@@ -15,14 +15,16 @@ import torch
 from torch import nn
 
 from pigeon.deploy.contract import read_contract, sidecar
+from pigeon.deploy.telemetry import import_quietly
 from pigeon.errors import CheckpointError, ConfigError
 
 EXPORT_SUFFIXES = (".onnx", ".torchscript", ".xml")
 
 
 def need(package: str, extra: str = "export") -> Any:
+    """Import an optional package (runtimes with their telemetry off), or say which extra installs it."""
     try:
-        return __import__(package)
+        return import_quietly(package)
     except ImportError:
         raise ConfigError(f"this needs {package}: pip install 'pigeon[{extra}]'") from None
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from pigeon.errors import CheckpointError, ConfigError
 from pigeon.models.surgery import adapt_conv_weight, classifier_name, first_conv_name
+from pigeon.offline import offline as pigeon_offline
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "state", "ema", "net")
 HUB_TIMEOUT_S = 3.0
@@ -50,7 +51,7 @@ def read_weights(source: str, model_name: str) -> Weights:
     if source == "timm":
         return _read_file(_timm_default(model_name), label=f"timm default weights of {model_name}")
     if source.startswith("hf-hub:"):
-        return _read_file(_hub_file(source[len("hf-hub:"):]), label=source)
+        return _read_file(_hub_file(source[len("hf-hub:"):], option=f"--weights {source}"), label=source)
     path = Path(source).expanduser()
     if not path.is_file():
         raise CheckpointError(f"--weights {source}: no such file. Give a .safetensors/.pth file, a pigeon "
@@ -129,10 +130,10 @@ def _timm_default(model_name: str) -> Path:
     if not hub_id:
         raise CheckpointError(f"timm has no Hugging Face hub weights for {arch}; download its weights yourself "
                               "and pass the file with --weights")
-    return _hub_file(hub_id)
+    return _hub_file(hub_id, option="--weights timm")
 
 
-def _hub_file(spec: str) -> Path:
+def _hub_file(spec: str, option: str) -> Path:
     """A file from the Hugging Face hub: from the local cache if there, else downloaded; offline fails fast."""
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
@@ -148,17 +149,26 @@ def _hub_file(spec: str) -> Path:
     except Exception:  # not in the cache (the library's exception types vary across versions)
         pass
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if pigeon_offline():  # not even the reachability probe below
+        raise CheckpointError(
+            f"{option}: hf-hub:{repo}/{filename} is not in the local Hugging Face cache and PIGEON_OFFLINE=1 forbids "
+            f"downloading it. Fix: on a machine with internet run `huggingface-cli download {repo} {filename}` and "
+            "copy the cache folder here (HF_HUB_CACHE, default ~/.cache/huggingface/hub), or pass the downloaded "
+            "file's path with --weights")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     # Behind a proxy a direct connection proves nothing; huggingface_hub's own timeouts apply instead.
     proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
     if offline or (not proxied and not _reachable(endpoint)):
         why = "HF_HUB_OFFLINE is set" if offline else f"{endpoint} cannot be reached"
         raise CheckpointError(
-            f"hf-hub:{repo}/{filename} is not in the local cache and {why}. On a machine with internet run "
+            f"{option}: hf-hub:{repo}/{filename} is not in the local cache and {why}. On a machine with internet run "
             f"`huggingface-cli download {repo} {filename}` (or download the file by hand), then pass its path "
             "with --weights")
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT_S))
+        # The endpoint is passed, not left to the library: huggingface_hub reads HF_ENDPOINT once, at import, and
+        # would otherwise fetch from another host than the one just probed (and than the user set since).
+        return Path(huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT_S,
+                                                    endpoint=endpoint))
     except Exception as err:
         raise CheckpointError(f"hf-hub:{repo}/{filename}: download failed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]}); check the repo and file name, or download it "
