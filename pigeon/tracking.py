@@ -6,9 +6,9 @@ Both libraries are optional extras, imported only when asked for. Both consume t
 TensorBoard: event files in <run>/tb/ (scalars per epoch, the running loss and images/s every few steps, the
 confusion matrix and the validation prediction grid as images, the configuration as text).
 MLflow: a run in the experiment "pigeon" (or $MLFLOW_EXPERIMENT_NAME) of $MLFLOW_TRACKING_URI, else of a
-local file store ./mlruns (see tracking_uri): the resolved options as params, each epoch's figures as metrics, the run folder's
-reports, plots and best weights as artefacts. MLflow's own usage telemetry is switched off for the process
-(MLFLOW_DISABLE_TELEMETRY=true, unless the variable is already set) before MLflow is imported.
+local file store ./mlruns (see tracking_uri): the resolved options as params, each epoch's figures as metrics,
+the run folder's reports, plots and best weights as artefacts. MLflow's own usage telemetry is switched off
+for the process (MLFLOW_DISABLE_TELEMETRY=true, unless the variable is already set) before MLflow is imported.
 """
 
 from __future__ import annotations

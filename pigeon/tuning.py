@@ -24,6 +24,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,12 +384,20 @@ def plot_importance(study: Any, path: Path) -> Path:
     optuna = _import_optuna()
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
-    try:
-        importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as err:
-        importances, why = {}, str(err)
-    else:
-        why = "no searched option varied across the finished trials"
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    importances: dict[str, float] = {}
+    why = f"{finished} finished trial(s); it takes at least 2"
+    if finished >= 2:
+        # Optuna warns (rather than fails) when its answer is meaningless; that answer is not drawn.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        meaningless = [str(w.message) for w in caught if "importances will be equal" in str(w.message)]
+        if meaningless:
+            importances, why = {}, meaningless[0]
+        else:
+            why = "no searched option varied across the finished trials"
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="C0")
