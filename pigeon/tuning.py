@@ -162,8 +162,10 @@ def _score(report: dict[str, Any], metric: str) -> float:
 
 
 def _pruner(optuna: Any, name: str) -> Any:
-    if name == "median":  # compare with the median of earlier trials at the same epoch, after two trials
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "median":
+        # Against the median of earlier trials at the same epoch, once two trials have finished. Never at epoch 1:
+        # that epoch is mostly learning-rate warmup, and its ranking says little about the end.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pigeon
@@ -14,16 +15,26 @@ pytest.importorskip("mlflow")
 
 
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 2-epoch digits run logged to both, with ./mlruns (the default store) in a temporary folder."""
+def tracked_run(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[Path, Path]:
+    """A 2-epoch run on a small folder of digit images (train/val/test) logged to both, with ./mlruns (the
+    default store) in a temporary folder."""
     import os
 
+    from PIL import Image
+
     work = tmp_path_factory.mktemp("tracked")
+    images, labels = digits_arrays
+    for s, split in enumerate(("train", "val", "test")):
+        for digit in range(3):
+            (work / "data" / split / str(digit)).mkdir(parents=True)
+            for k, i in enumerate(np.flatnonzero(labels == digit)[s * 10:s * 10 + (10 if s == 0 else 4)]):
+                Image.fromarray(images[i], "L").save(work / "data" / split / str(digit) / f"{k}.png")
     old, uri = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
     try:
-        assert main(["train", "--data", "digits", "--epochs", "2", "--batch", "64", "--device", "cpu",
-                     "--amp", "off", "--no-verbose", "--project", "runs", "--name", "t", "--tensorboard",
+        assert main(["train", "--data", "data", "--epochs", "2", "--batch", "8", "--imgsz", "16", "--device",
+                     "cpu", "--amp", "off", "--no-verbose", "--project", "runs", "--name", "t", "--tensorboard",
                      "--mlflow", "--cache-dir", str(work / "cache")]) == 0
     finally:
         os.chdir(old)
@@ -65,7 +76,8 @@ def test_mlflow_local_store_holds_params_metrics_and_artefacts(tracked_run: tupl
     assert {"results.csv", "summary.json", "curves.png", "weights"} <= artefacts
 
 
-def test_a_failed_run_is_marked_failed_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_run_is_marked_failed_in_mlflow(tracked_run: tuple[Path, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
     store = tmp_path / "store"
@@ -80,8 +92,9 @@ def test_a_failed_run_is_marked_failed_in_mlflow(tmp_path: Path, monkeypatch: py
     from pigeon.engine.train import train
     from pigeon.tracking import open_trackers
 
-    cfg = TrainConfig(data="digits", epochs=1, device="cpu", verbose=False, plots=False, mlflow=True,
-                      project=str(tmp_path / "runs"))
+    data = tracked_run[0].parent.parent / "data"
+    cfg = TrainConfig(data=str(data), epochs=1, batch=8, imgsz=16, device="cpu", verbose=False, plots=False,
+                      mlflow=True, project=str(tmp_path / "runs"))
     with pytest.raises(RuntimeError, match="disk full"), open_trackers(cfg, boom) as events:
         train(cfg, events)
     client = MlflowClient(tracking_uri=store.as_uri())
