@@ -167,7 +167,7 @@ def _pruner(optuna: Any, name: str) -> Any:
         # that epoch is mostly learning-rate warmup, and its ranking says little about the end.
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)  # first rung at epoch 2
     return optuna.pruners.NopPruner()
 
 
