@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from pigeon.api import audit, bench, export, load, predict, train, val  # noqa: E402
+from pigeon.api import audit, bench, compare, explain, export, load, predict, runs, train, tune, val  # noqa: E402
 from pigeon.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -20,4 +20,5 @@ from pigeon.errors import (  # noqa: E402
 from pigeon.models import list_models  # noqa: E402
 
 __all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "ImageError", "PigeonError", "__version__",
-           "audit", "bench", "export", "list_models", "load", "predict", "train", "val"]
+           "audit", "bench", "compare", "explain", "export", "list_models", "load", "predict", "runs", "train", "tune",
+           "val"]

@@ -17,19 +17,34 @@ from pigeon.errors import CheckpointError, DatasetError
 if TYPE_CHECKING:
     from pigeon.audits import AuditResult
     from pigeon.deploy import ExportResult
+    from pigeon.saliency import ExplainResult
+    from pigeon.tuning import TuneResult
 
 
-def train(data: str = "", **options: Any) -> TrainResult:
+def train(data: str = "", config: str | os.PathLike[str] | None = None, **options: Any) -> TrainResult:
     """Train a classifier; see `TrainConfig` (or `pigeon train --help`) for every option.
 
     Args:
         data: a folder of class subfolders (optionally split into train/val/test) or a built-in
             dataset name: "fashion-mnist", "digits". Not needed with resume="runs/train/<name>".
+        config: a YAML or JSON file of options (or a run's config.json, to reproduce it); keyword options
+            override it.
         **options: model="pigeon-n", epochs=10, batch=128, imgsz=..., lr=..., device="auto", ...
+            tensorboard=True / mlflow=True log the run (extras pigeon[tensorboard], pigeon[mlflow]).
     Returns:
         TrainResult with the run directory, the best/last weights and validation/test reports.
     """
-    return _train(build(TrainConfig, data=data, **options))
+    from pigeon import tracking
+
+    if config is not None:
+        from pigeon.configfile import read_config_file
+
+        options = {**read_config_file(config), **options}
+    if data:
+        options["data"] = data
+    cfg = build(TrainConfig, **options)
+    with tracking.open_trackers(cfg) as events:
+        return _train(cfg, events)
 
 
 def load(path: str | os.PathLike[str], device: str = "auto") -> Classifier:
@@ -156,3 +171,56 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
         if verbose:
             print(f"report written to {run_dir}")
     return report
+
+
+def explain(model: str | os.PathLike[str] | Classifier, source: Any, method: str = "gradcam",
+            target: str | int | None = None, layer: str | None = None, out: str | os.PathLike[str] | None = None,
+            **options: Any) -> ExplainResult:
+    """Grad-CAM (or Grad-CAM++) heat maps of the regions behind each image's predicted (or `target`) class.
+
+    Args:
+        model: a checkpoint (runs/train/<name>/weights/best.safetensors) or a loaded Classifier.
+        source: image files, folders, globs, PIL images or arrays, as for predict().
+        method: "gradcam" or "gradcam++".
+        target: a class name or index to explain instead of the prediction.
+        layer: the module to explain (default: the model's last convolutional stage).
+        out: folder for the overlay PNGs, .npy maps and explain.json (default runs/explain/<run name>).
+        **options: batch=32, device="auto", save=True, verbose=True.
+    Returns:
+        ExplainResult: dir, method, layer, maps (float32 [N, H, W] in [0, 1]) and one item per image.
+    """
+    from pigeon.saliency import explain as _explain
+
+    return _explain(model, source, method=method, target=target, layer=layer, out=out, **options)
+
+
+def runs(project: str | os.PathLike[str] = "runs/train", sort: str | None = None) -> list[dict[str, Any]]:
+    """The run folders under `project`: one dict per run with its key options, figures, config and epoch rows."""
+    from pigeon.experiments import list_runs
+
+    return list_runs(project, sort=sort)
+
+
+def compare(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None,
+            verbose: bool = True) -> dict[str, Any]:
+    """One table (compare.md, compare.json) and overlaid curves (curves.png) of the given run folders."""
+    from pigeon.experiments import compare as _compare
+
+    return _compare(run_dirs, out=out, verbose=verbose)
+
+
+def tune(data: str, time: str | None = None, trials: int | None = None, **options: Any) -> TuneResult:
+    """Search training options with Optuna (pigeon[tune]); every trial is an ordinary run.
+
+    Args:
+        data: as for train().
+        time: the search budget ("1h", "30m", "90s" or hours); trials: the most trials. Give one or both.
+        **options: space="lr,weight_decay,label_smoothing", pruner="median"|"halving"|"none", final=True,
+            project="runs/tune", name=None, verbose=True, and any train() option as the base of every trial.
+    Returns:
+        TuneResult: dir, best_params, best_value (validation), best_config (a --config file), final (the best
+        options trained once more, with its test report), trials.
+    """
+    from pigeon.tuning import run_tune
+
+    return run_tune(data, time=time, trials=trials, **options)

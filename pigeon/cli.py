@@ -73,6 +73,8 @@ TRAIN_HELP = {
     "exist_ok": "reuse an existing run folder instead of numbering a new one",
     "plots": "write PNG plots (curves, confusion matrix, predictions)",
     "verbose": "print progress and results",
+    "tensorboard": "log scalars, the confusion matrix and sample predictions to <run>/tb/ (pigeon[tensorboard])",
+    "mlflow": "log params, metrics and artefacts to MLflow: $MLFLOW_TRACKING_URI, else ./mlruns (pigeon[mlflow])",
 }
 EXPORT_HELP = {
     "model": "checkpoint to export: runs/train/<name>/weights/best.safetensors",
@@ -129,9 +131,12 @@ CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDU
            "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
+                           skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
@@ -147,14 +152,17 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pigeon", allow_abbrev=False,
-                                     description="Image classification: train, val, predict, export, bench, audit.")
+                                     description="Image classification: train, val, predict, export, bench, "
+                                                 "audit; explain, runs, compare, tune.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models}")
+    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models,explain,runs,"
+                                  "compare,tune}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
     p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
                          description="Train a classifier. Every option is also a keyword of pigeon.train().")
     _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    _add_config_option(p)
 
     p = verbs.add_parser("val", help="measure a trained model on a dataset",
                          description="Top-1/top-5, per-class precision/recall/F1 and the confusion matrix.")
@@ -200,7 +208,128 @@ def build_parser() -> argparse.ArgumentParser:
                          description="pigeon's own models, and how to name timm and torchvision ones.")
     p.add_argument("--filter", metavar="PATTERN", help="list every model matching this pattern (e.g. "
                    "'resnet*'), timm's and torchvision's included")
+    _add_insight_verbs(verbs)
     return parser
+
+
+class _Unset:
+    """The default of an option a config file may set: tells "not given" apart from "given its default"."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="read options from a YAML or JSON file with these option "
+                   "names (a run's config.json reproduces it); options given here override the file")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for action in p._actions:
+        if action.dest in fields:
+            action.default = UNSET
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of `cls` given on the command line (unset ones are left to the file or the defaults)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, UNSET) is not UNSET}
+
+
+INSIGHT_VERBS = ("explain", "runs", "compare", "tune")
+
+
+def _add_insight_verbs(verbs: Any) -> None:
+    """explain, runs, compare and tune: why a model decided, which run is best, which options are better."""
+    from pigeon.saliency import METHODS
+    from pigeon.tuning import DEFAULT_SPACE, PRUNERS, SET_BY_TUNE, SPACE, SPACE_HELP
+
+    p = verbs.add_parser("explain", help="heat maps of the image regions behind a prediction (Grad-CAM)",
+                         description="Grad-CAM / Grad-CAM++ maps of the predicted (or a chosen) class, written as "
+                                     "overlay PNGs and .npy arrays. Also pigeon.explain().")
+    p.add_argument("--model", required=True, help="checkpoint: runs/train/<name>/weights/best.safetensors")
+    p.add_argument("--source", required=True, nargs="+", help="image file(s), folder(s) or \"glob/*.png\"")
+    p.add_argument("--method", default="gradcam", choices=METHODS, help="gradcam or gradcam++ (default: gradcam)")
+    p.add_argument("--class", dest="target", metavar="CLASS", help="explain this class (name or index) instead "
+                   "of each image's prediction")
+    p.add_argument("--layer", metavar="NAME", help="module to explain (default: the last convolutional stage, "
+                   "found from the model; names as in model.named_modules())")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/explain/<run name>, numbered)")
+    p.add_argument("--batch", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+    p = verbs.add_parser("runs", help="list training runs with their key options and figures",
+                         description="One line per run folder under --project. Also pigeon.runs().")
+    p.add_argument("--project", default="runs/train", help="parent folder of run folders (default: runs/train)")
+    p.add_argument("--sort", metavar="KEY", help="sort by a column, e.g. val_top1 (best first), seconds, name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = verbs.add_parser("compare", help="one table and overlaid curves of the runs given",
+                         description="Writes compare.md, compare.json and curves.png. Also pigeon.compare().")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders: runs/train/<name> ...")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare/compare, numbered)")
+
+    p = verbs.add_parser("tune", help="search training options with Optuna; every trial an ordinary run",
+                         description="TPE search with a pruner fed by each epoch's validation score; the study "
+                                     "(SQLite) continues when the same command is run again. Writes the best "
+                                     "options as a config file, history/importance plots, and trains the best "
+                                     "once more to report its test score. Other options are the base every "
+                                     "trial starts from, as for `pigeon train`. Also pigeon.tune().")
+    p.add_argument("--time", metavar="DURATION", help="search budget: 1h, 30m, 90s or hours (trials in flight "
+                   "are shortened to fit)")
+    p.add_argument("--trials", type=int, help="most trials to run (this session)")
+    p.add_argument("--space", default=DEFAULT_SPACE, help="comma-separated options to search: "
+                   + "; ".join(f"{k} ({v})" for k, v in SPACE_HELP.items() if k in SPACE)
+                   + f" (default: {DEFAULT_SPACE})")
+    p.add_argument("--pruner", default="median", choices=PRUNERS, help="median (default), halving (successive "
+                   "halving) or none")
+    p.add_argument("--final", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the best options once more and report the test score")
+    p.add_argument("--project", default="runs/tune", help="parent folder of studies (default: runs/tune)")
+    p.add_argument("--name", help="study folder name (default: the data's name); an existing study continues")
+    p.add_argument("--quiet", action="store_true", help="print only the final report")
+    p.add_argument("--data", required=True, help=TRAIN_HELP["data"])
+    _add_dataclass_options(p, TrainConfig, TRAIN_HELP, skip=SET_BY_TUNE)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(SET_BY_TUNE)
+    for action in p._actions:
+        if action.dest in fields:
+            action.default = UNSET
+
+
+def _run_insight_verb(args: argparse.Namespace) -> int:
+    import pigeon
+
+    if args.verb == "explain":
+        result = pigeon.explain(args.model, list(args.source), method=args.method, target=args.target,
+                                layer=args.layer, out=args.out, batch=args.batch, device=args.device)
+        return 0 if all("error" not in item for item in result.items) else 1
+    if args.verb == "runs":
+        from pigeon.experiments import text_table
+
+        found = pigeon.runs(args.project, sort=args.sort)
+        if args.json:
+            print(json.dumps([{k: v for k, v in r.items() if k not in ("rows", "config")} for r in found],
+                             indent=2))
+        else:
+            print(text_table(found) if found else f"no runs in {args.project}")
+        return 0
+    if args.verb == "compare":
+        pigeon.compare(list(args.runs), out=args.out)
+        return 0
+    if args.verb == "tune":
+        from pigeon.tuning import SET_BY_TUNE
+
+        base = {k: v for k, v in _given(args, TrainConfig).items() if k not in SET_BY_TUNE}
+        result = pigeon.tune(args.data, time=args.time, trials=args.trials, space=args.space, pruner=args.pruner,
+                             final=args.final, project=args.project, name=args.name, verbose=not args.quiet,
+                             **base)
+        final = result.final
+        print(json.dumps({"dir": str(result.dir), "best_config": str(result.best_config),
+                          "best_params": result.best_params,
+                          "test_top1": final.test["top1"] if final is not None and final.test else None}))
+        return 0
+    raise AssertionError(args.verb)
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -263,9 +392,11 @@ def _print_models(pattern: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     import pigeon
 
+    if args.verb in INSIGHT_VERBS:
+        return _run_insight_verb(args)
     if args.verb == "train":
-        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        result = pigeon.train(**options)
+        options = _given(args, TrainConfig)
+        result = pigeon.train(config=args.config, **options)
         head = result.headline
         print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best),
                           "test_top1": result.test and result.test["top1"],

@@ -97,6 +97,8 @@ class TrainConfig:
     exist_ok: bool = False
     plots: bool = True
     verbose: bool = True
+    tensorboard: bool = False  # log to <run>/tb/ (pigeon[tensorboard])
+    mlflow: bool = False  # log to MLflow: $MLFLOW_TRACKING_URI or ./mlruns (pigeon[mlflow])
 
     def __post_init__(self) -> None:
         check_types(self)

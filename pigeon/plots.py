@@ -107,6 +107,7 @@ def plot_prediction_grid(
     confidences: list[float],
     path: str | os.PathLike[str],
     max_images: int = 25,
+    overlay_row: list[tuple[np.ndarray, str]] | None = None,
 ) -> Path:
     """A square-ish grid of images titled "pred (conf%)" / "true: X", green when right, red when wrong.
 
@@ -116,6 +117,8 @@ def plot_prediction_grid(
         confidences: N probabilities in [0, 1] for the predicted class.
         path: where the PNG goes.
         max_images: draw only the first this many.
+        overlay_row: (uint8 HWC RGB image, title) pairs drawn as one more row, in red: the Grad-CAM overlays
+            of misclassified images (pigeon.saliency.misclassified_overlays).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
@@ -135,8 +138,15 @@ def plot_prediction_grid(
 
     cols = math.ceil(math.sqrt(n))
     grid_rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.2 * cols, 2.5 * grid_rows), layout="constrained")
-    axes = fig.subplots(grid_rows, cols, squeeze=False).ravel()
+    extra = list(overlay_row or [])[:cols]
+    fig = Figure(figsize=(2.2 * cols, 2.5 * (grid_rows + bool(extra))), layout="constrained")
+    all_axes = fig.subplots(grid_rows + bool(extra), cols, squeeze=False)
+    axes = all_axes[:grid_rows].ravel()
+    for j, ax in enumerate(all_axes[grid_rows] if extra else []):
+        ax.set_axis_off()
+        if j < len(extra):
+            ax.imshow(extra[j][0])
+            ax.set_title(extra[j][1], fontsize=8, color=_RED)
     for i, ax in enumerate(axes):
         ax.set_axis_off()
         if i >= n:

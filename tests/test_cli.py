@@ -43,6 +43,11 @@ def images(tmp_path: Path) -> list[Path]:
                 "--no-check", "--min-agreement", "--int8-max-drop"]),
     ("bench", ["--model", "--formats", "--imgsz", "--runs", "--warmup", "--throughput-seconds", "--project"]),
     ("models", ["--help"]),
+    ("train", ["--config", "--tensorboard", "--mlflow"]),
+    ("explain", ["--model", "--source", "--method", "--class", "--layer", "--out"]),
+    ("runs", ["--project", "--sort", "--json"]),
+    ("compare", ["RUN", "--out"]),
+    ("tune", ["--data", "--time", "--trials", "--space", "--pruner", "--no-final", "--name", "--epochs", "--lr"]),
 ])
 def test_help_for_each_verb(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

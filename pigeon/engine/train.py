@@ -145,7 +145,8 @@ def _score(report: dict[str, Any], metric: str) -> float:
     return -report["loss"] if metric == "loss" else float(report[metric])
 
 
-RESUME_OVERRIDES = ("resume", "verbose", "plots", "device", "threads", "cache_dir", "time", "save_period")
+RESUME_OVERRIDES = ("resume", "verbose", "plots", "device", "threads", "cache_dir", "time", "save_period",
+                    "tensorboard", "mlflow")
 
 
 def resume_config(cfg: TrainConfig) -> TrainConfig:
@@ -174,12 +175,17 @@ Events = Callable[[dict[str, Any]], None]
 EVENT_EVERY = 10  # training steps between two "progress" events
 
 
+class StopRun(Exception):  # noqa: N818 - a request, not an error
+    """Raised by an events callable on an "epoch" event to end the run cleanly after that epoch (a tuner's
+    pruning): the epoch is saved and the run finishes as usual, with its reason in summary.json["stopped"]."""
+
+
 def train(cfg: TrainConfig, events: Events | None = None) -> TrainResult:
     """Run training; process-wide torch settings it changes (threads, determinism) are restored after.
 
     `events`, when given, is called with plain dicts as the run goes (the app's progress feed): "start" (run
     folder, epochs, steps), "progress" every EVENT_EVERY steps (loss, images/s), "epoch" (its results.csv row)
-    and "done" (the summary).
+    and "done" (the summary). Raising StopRun from the "epoch" event ends the run after that epoch.
     """
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -279,6 +285,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     epoch = int(progress_state["epoch"])
+    stopped: str | None = None
     emit({"event": "start", "run_dir": str(run_dir), "epoch": epoch, "epochs": planned, "steps": steps_per_epoch,
           "batch": batch, "images": len(labels), "history": rows})
     try:
@@ -330,7 +337,10 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(elapsed, 2)})
             rows.append(row)
             _write_csv(run_dir / "results.csv", rows)
-            emit({"event": "epoch", "epochs": planned, **row})
+            try:
+                emit({"event": "epoch", "epochs": planned, **row})
+            except StopRun as stop:
+                stopped = str(stop) or "stopped by the events callable"
             meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
             checkpoint.save(last_path, final_model, meta)
             if cfg.save_period and epoch % cfg.save_period == 0:
@@ -355,6 +365,9 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                      else "") + f" loss {report['loss']:.4f}") if report else ""
             say(f"epoch {epoch}/{planned}: train loss {row['train_loss']:.4f}{shown} "
                 f"({len(labels) * 1.0 / train_time:.0f} img/s, {train_time:.1f}s)")
+            if stopped:
+                say(f"stopped after epoch {epoch}: {stopped}")
+                break
             if cfg.patience and stale >= cfg.patience:
                 say(f"early stop: no {cfg.select} improvement on val for {cfg.patience} epochs")
                 break
@@ -376,10 +389,10 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             rep, logits = evaluate(best_model, split.images, split.labels, classes, spec, device, **eval_kw)
             results[name] = rep
             if name == eval_name and cfg.plots:
-                _plots(run_dir, rows, rep, split, logits, classes, eval_name)
+                _plots(run_dir, rows, rep, split, logits, classes, eval_name, best_model, spec, device)
     seconds = time.perf_counter() - t0
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
-               "selected_on": "val" if eval_name == "val" else "final epoch",
+               "selected_on": "val" if eval_name == "val" else "final epoch", "stopped": stopped,
                "val": _brief(results["val"]), "test": _brief(results["test"])}
     write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
     checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
@@ -470,8 +483,10 @@ def _fit_to_budget(epoch: int, planned: int, elapsed: float, budget: float, say:
 
 
 def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], split: Any, logits: torch.Tensor,
-           classes: list[str], split_name: str) -> None:
+           classes: list[str], split_name: str, model: nn.Module | None = None, spec: Any = None,
+           device: torch.device | None = None) -> None:
     from pigeon import plots
+    from pigeon.saliency import misclassified_overlays
 
     plots.plot_curves(rows, run_dir / "curves.png", split=split_name)
     plots.plot_confusion(np.asarray(report["confusion"]), classes, run_dir / "confusion_matrix.png")
@@ -479,6 +494,10 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(split.labels), size=min(25, len(split.labels)), replace=False))
     conf, pred = probs[pick].max(1)
+    # The grid's extra row: where the model looked when it got an image wrong (Grad-CAM of its prediction).
+    wrong = [] if model is None else misclassified_overlays(
+        model, split.images, np.asarray(split.labels), probs.argmax(1).numpy(), classes, spec, device,
+        limit=math.ceil(math.sqrt(len(pick))))
     plots.plot_prediction_grid(np.asarray(split.images[pick]), [classes[i] for i in split.labels[pick]],
                                [classes[i] for i in pred.tolist()], conf.tolist(),
-                               run_dir / f"{split_name}_predictions.png")
+                               run_dir / f"{split_name}_predictions.png", overlay_row=wrong)
