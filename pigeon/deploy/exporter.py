@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pigeon.deploy.contract import (
 )
 from pigeon.deploy.runtimes import load_runtime, need
 from pigeon.errors import CheckpointError, ConfigError, DatasetError, ExportError
+from pigeon.io import make_temp_dir
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     images, labels = _check_images(cfg, meta, imgsz) if cfg.check or cfg.int8 else (None, None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = make_temp_dir(out.parent, f".{out.name}.")  # not mkdtemp: its 0700 would follow a folder export
     try:
         staged = work / out.name
         write_contract = _stage(cfg, model, meta, imgsz, staged, source.with_suffix("").name)
