@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _refuse_unknown(parser, list(sys.argv[1:] if argv is None else argv))
         if args.version:
-            from pigeon import __version__
+            from pigeon._version import __version__
 
             print(f"pigeon {__version__}")
             return 0

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    from pigeon import __version__
+    from pigeon._version import __version__
 
     return {"pigeon": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
