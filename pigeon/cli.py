@@ -47,7 +47,8 @@ TRAIN_HELP = {
     "label_smoothing": "label smoothing of the cross-entropy target",
     "ema": "evaluate and save an exponential moving average of the weights",
     "ema_decay": "EMA decay per step; default: a horizon of a tenth of the run",
-    "amp": "mixed precision: auto (bf16 where the CPU/GPU supports it), off, bf16, fp16 (GPU)",
+    "amp": "mixed precision: auto (bf16 where the CPU runs it natively, AVX512-BF16 or AMX, unless "
+           "ONEDNN_MAX_CPU_ISA limits it; bf16 or fp16 on a GPU), off, bf16, fp16 (GPU)",
     "channels_last": "channels-last memory format (default on, except on mps)",
     "grad_clip": "clip the gradient norm to this value (0 = off)",
     "freeze_epochs": "train only the classifier head for this many epochs (BatchNorm statistics frozen too), "

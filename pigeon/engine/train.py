@@ -23,7 +23,7 @@ from pigeon.data import Dataset, load_dataset, with_validation
 from pigeon.data.augment import Augment
 from pigeon.data.preprocess import normalize
 from pigeon.engine import checkpoint
-from pigeon.engine.device import amp_dtype, autocast, select_device
+from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
 from pigeon.engine.pretrained import fit_weights, read_weights
@@ -198,6 +198,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.patience and "val" not in ds.splits:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
+    precision = amp_choice(device, cfg.amp)[1]
     cfg = resolve(cfg, ds, device)
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
@@ -265,6 +266,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
+    say(f"precision: {precision}")
     epoch = int(progress_state["epoch"])
     try:
         while epoch < planned:
