@@ -17,6 +17,7 @@ from pigeon.config import (
     AMP_MODES,
     BENCH_FORMATS,
     EXPORT_FORMATS,
+    INT8_SCHEMES,
     OPTIMIZERS,
     RESIZE_MODES,
     SCHEDULES,
@@ -84,6 +85,8 @@ EXPORT_HELP = {
     "dynamic_batch": "accept any batch size (default: batch 1)",
     "opset": "ONNX opset",
     "int8": "static INT8 quantization of the ONNX graph, calibrated on training images",
+    "int8_scheme": "INT8 arithmetic: auto (= u8s8-7bit, exact on every x86 CPU), u8s8-7bit (7-bit weights), u8s8 "
+                   "(8-bit weights: can saturate on CPUs without VNNI), u8u8",
     "calib_data": "images to calibrate INT8 on: a folder or built-in name (default: the training data)",
     "calib_images": "how many training images calibrate INT8",
     "data": "real images for the parity check (default: the training data named in the checkpoint)",
@@ -127,7 +130,7 @@ AUDIT_HELP = {
     "verbose": "print progress and the summary",
 }
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
-           "resize": RESIZE_MODES, "select": SELECT_METRICS}
+           "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
