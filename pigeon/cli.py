@@ -36,7 +36,8 @@ TRAIN_HELP = {
                "running code), 'timm' (the timm model's pretrained weights) or hf-hub:org/repo[/file]",
     "epochs": "passes over the training data",
     "batch": "images per training step",
-    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist), 64 for folders",
+    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist; a folder's median image "
+             "side), at most 64 for folders",
     "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
     "resize": "crop: shorter side to imgsz then centre crop; pad: letterbox; stretch: ignore aspect",
     "optimizer": "sgd (Nesterov momentum) or adamw",

@@ -363,6 +363,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
                "selected_on": "val" if eval_name == "val" else "final epoch",
                "val": _brief(results["val"]), "test": _brief(results["test"])}
+    if results["test"] is None and results["val"] is not None and eval_name == "val":
+        summary["caveat"] = (f"no test split: the val top-1 {results['val']['top1']:.2%} is optimistic, because "
+                             "the best epoch was chosen on val and is reported on val; add a test/ folder (same "
+                             "class folders, images used for nothing else) for an unbiased figure")
     write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
     checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
                                             "metrics": {k: _brief(v) for k, v in results.items() if v}})
@@ -372,6 +376,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     split_name = "test" if results["test"] else "val"
     say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); "
         + (f"{split_name} top-1 {headline['top1']:.2%}; " if headline else "") + f"weights in {best_path}")
+    if "caveat" in summary:
+        say(f"note: {summary['caveat']}")
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
                        test=results["test"], epochs=len(rows), seconds=seconds)
 
