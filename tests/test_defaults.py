@@ -52,7 +52,8 @@ def test_large_photos_are_capped_and_an_explicit_size_wins(tmp_path: Path,
     for cls in ("a", "b"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+            pixels = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
     assert folder_imgsz(tmp_path / "data") == (64, "imgsz 64: the images are larger (median shorter side 90 px) and "
                                                    "64 px keeps training fast; --imgsz to train bigger")
     out, run = _train(tmp_path / "data", tmp_path, capsys, "--imgsz", "32")

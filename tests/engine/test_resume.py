@@ -24,8 +24,8 @@ from pigeon.engine import checkpoint
 from pigeon.engine import train as train_mod
 from pigeon.errors import CheckpointError, ConfigError
 
-RUN = {"epochs": 5, "batch": 64, "deterministic": True, "plots": False, "verbose": False}
-STEPS_PER_EPOCH = 18  # digits: 1,212 training images after the 10% validation split, batch 64
+RUN = {"epochs": 5, "batch": 128, "deterministic": True, "plots": False, "verbose": False}
+STEPS_PER_EPOCH = 9  # digits: 1,212 training images after the 10% validation split, batch 128
 
 # The child process trains and, at a chosen step, announces it is mid-epoch and waits to be killed.
 CHILD = r"""
