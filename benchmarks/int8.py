@@ -116,7 +116,8 @@ def main() -> None:
               f"{'yes' if r['can_saturate_without_vnni'] else 'no'} | {r['img_s_batch64']:.0f} |" for r in rows]
     table.append(f"\nCPU flags: {cpu_flags()}. Agreement and accuracy on the whole evaluation split (val, "
                  "else test) of each model's data; onnxruntime runs its VNNI kernels on this CPU, so the "
-                 "saturation column is the arithmetic bound (2 x 255 x max|w| > 32,767), not a measurement.")
+                 "saturation column is the arithmetic bound (2 x 255 x max|w| > 32,767), not a measurement. img/s: 2 s "
+                 "per row, random batches; on a shared machine it varies with the other load, so it is no ranking.")
     if args.out:
         Path(args.out).write_text(__import__("json").dumps({"rows": rows}, indent=2))
     else:
