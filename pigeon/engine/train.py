@@ -293,6 +293,16 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     ema.update(model)
                 step += 1
                 bar.update(1)
+                if cfg.time and epoch == 1 and i + 1 == PLAN_AFTER_STEPS < steps_per_epoch and not cfg.resume:
+                    # Plan from the first steps, not the first epoch: where one epoch takes most of the budget
+                    # (fp32 on an AVX2 CPU), the schedule must already know that now, not after it.
+                    now = time.perf_counter()
+                    planned = _plan_early(planned, steps_per_epoch, (now - t_epoch) / (i + 1), t_epoch - t0,
+                                          cfg.time * 3600, say)
+                    total_steps = steps_per_epoch * planned
+                    warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
+                    if ema is not None and not cfg.ema_decay:
+                        ema.decay = ema_decay_for(total_steps)
                 if i % 20 == 19:
                     rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
                     bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
@@ -441,6 +451,24 @@ def _restore(path: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Op
     gen.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     return state
+
+
+PLAN_AFTER_STEPS = 20  # steps of the first epoch timed before a --time budget plans the run
+
+
+def _plan_early(planned: int, steps_per_epoch: int, step_seconds: float, setup_seconds: float, budget: float,
+                say: Any) -> int:
+    """Epochs that fit the budget at this step pace, at least one: the first plan of a --time run.
+
+    Each epoch is counted 10% longer than its steps, for its evaluation and checkpoints.
+    """
+    per_epoch = 1.1 * step_seconds * steps_per_epoch
+    fits = max(1, int((budget - setup_seconds) / per_epoch))
+    if fits < planned:
+        say(f"time budget {budget / 3600:g} h: {fits} of {planned} planned epochs fit at about {per_epoch:.0f}s "
+            f"per epoch (timed over the first {PLAN_AFTER_STEPS} steps); the schedule ends at epoch {fits}")
+        return fits
+    return planned
 
 
 def _fit_to_budget(epoch: int, planned: int, elapsed: float, budget: float, say: Any) -> int:
