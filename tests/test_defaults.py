@@ -34,6 +34,8 @@ def test_an_8px_digits_folder_trains_at_8_and_says_why(digits_folder, tmp_path: 
     assert run["imgsz"] == 8
     assert "note: imgsz 8: the images' own size (median shorter side of 60 sampled)" in out
     assert "8x8x1" in out
+    assert "note: flips are on by default (--fliplr 0.5), but a mirror moves" in out and "try --fliplr 0" in out
+    assert "try --fliplr 0" in run["summary"]["hint"]
     caveat = run["summary"]["caveat"]
     assert caveat.startswith("no test split: the val top-1") and "optimistic" in caveat and "test/" in caveat
     assert f"note: {caveat}" in out
@@ -42,8 +44,9 @@ def test_an_8px_digits_folder_trains_at_8_and_says_why(digits_folder, tmp_path: 
 def test_with_a_test_split_nothing_is_called_optimistic(digits_folder, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     data = digits_folder(splits=("train", "val", "test"), per_class=3, size=12)
-    out, run = _train(data, tmp_path, capsys)
+    out, run = _train(data, tmp_path, capsys, "--fliplr", "0.5")
     assert run["imgsz"] == 12 and "caveat" not in run["summary"] and "optimistic" not in out
+    assert "try --fliplr" not in out  # the user chose flips: no advice
 
 
 def test_large_photos_are_capped_and_an_explicit_size_wins(tmp_path: Path,
@@ -75,3 +78,14 @@ def test_the_size_is_the_side_the_resize_keeps(tmp_path: Path) -> None:
             p.unlink()
             Image.new("L", (4, 4)).save(p)
     assert folder_imgsz(tmp_path)[0] == 8  # pigeon's models start at 8 px
+
+
+def test_the_mirror_ratio_tells_glyphs_from_symmetric_things(digits_arrays) -> None:  # type: ignore[no-untyped-def]
+    from pigeon.data.augment import MIRROR_HINT_RATIO, mirror_ratio
+
+    images, labels = digits_arrays
+    assert mirror_ratio(images[:, None], labels) > MIRROR_HINT_RATIO  # a mirrored 3 is no 3
+    bars = np.zeros((40, 1, 8, 8), np.uint8)  # four classes of horizontal bars: a mirror changes nothing
+    for i in range(40):
+        bars[i, 0, i % 4 * 2] = 200 + i
+    assert mirror_ratio(bars, np.arange(40) % 4) == 0.0

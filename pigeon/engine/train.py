@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from pigeon.config import TrainConfig
 from pigeon.data import Dataset, load_dataset, with_validation
-from pigeon.data.augment import Augment
+from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.preprocess import normalize
 from pigeon.engine import checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
@@ -66,6 +66,19 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
         amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
         channels_last=cfg.channels_last if cfg.channels_last is not None else device.type != "mps",
         device=str(device))
+
+
+def _flip_hint(ds: Dataset, fliplr: float) -> str | None:
+    """Advice to try --fliplr 0 when the default flips images that a mirror turns into something else."""
+    if fliplr <= 0:
+        return None
+    train = ds.splits["train"]
+    ratio = mirror_ratio(train.images, train.labels)
+    if ratio < MIRROR_HINT_RATIO:
+        return None
+    return (f"flips are on by default (--fliplr {fliplr:g}), but a mirror moves this data's class means "
+            f"{ratio:.2f}x as far as the gap to the nearest other class (as for digits or letters, unlike "
+            "clothes or photos): try --fliplr 0")
 
 
 def make_run_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -199,6 +212,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
     precision = amp_choice(device, cfg.amp)[1]
+    flip_by_default = cfg.fliplr is None
     cfg = resolve(cfg, ds, device)
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
@@ -208,7 +222,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
                                                                cfg.exist_ok)
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
-    for note in ds.notes:
+    hint = _flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume else None
+    for note in (*ds.notes, *([hint] if hint else [])):
         say(f"note: {note}")
     if ds.skipped:
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))
@@ -373,6 +388,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
                "selected_on": "val" if eval_name == "val" else "final epoch",
                "val": _brief(results["val"]), "test": _brief(results["test"])}
+    if hint:
+        summary["hint"] = hint
     if results["test"] is None and results["val"] is not None and eval_name == "val":
         summary["caveat"] = (f"no test split: the val top-1 {results['val']['top1']:.2%} is optimistic, because "
                              "the best epoch was chosen on val and is reported on val; add a test/ folder (same "
