@@ -91,7 +91,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"exported {source} -> {out} ({_size(out) / 1e6:.2f} MB, {cfg.format}"
-        f"{' int8' if cfg.int8 else ''}, input {contract['input']['shape']})")
+        f"{' int8 ' + contract['quantization']['scheme'] if cfg.int8 else ''}, input {contract['input']['shape']})")
     return ExportResult(path=out, contract=contract)
 
 
