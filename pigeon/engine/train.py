@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 set_backbone_frozen(model, head, frozen)
             else:
                 model.train()
-            t_epoch = time.perf_counter()
+            t_epoch = t_warm = time.perf_counter()
             order = torch.randperm(len(labels), generator=gen).to(device)
             bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch", enabled=cfg.verbose,
                            leave=False)
@@ -308,12 +308,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     ema.update(model)
                 step += 1
                 bar.update(1)
+                if i + 1 == PLAN_WARMUP_STEPS:
+                    t_warm = time.perf_counter()  # the first steps also compile kernels: not the pace
                 if cfg.time and epoch == 1 and i + 1 == PLAN_AFTER_STEPS < steps_per_epoch and not cfg.resume:
                     # Plan from the first steps, not the first epoch: where one epoch takes most of the budget
                     # (fp32 on an AVX2 CPU), the schedule must already know that now, not after it.
-                    now = time.perf_counter()
-                    planned = _plan_early(planned, steps_per_epoch, (now - t_epoch) / (i + 1), t_epoch - t0,
-                                          cfg.time * 3600, say)
+                    pace = (time.perf_counter() - t_warm) / (PLAN_AFTER_STEPS - PLAN_WARMUP_STEPS)
+                    planned = _plan_early(planned, steps_per_epoch, pace, t_epoch - t0, cfg.time * 3600, say)
                     total_steps = steps_per_epoch * planned
                     warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
                     if ema is not None and not cfg.ema_decay:
@@ -470,7 +471,7 @@ def _restore(path: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Op
     return state
 
 
-PLAN_AFTER_STEPS = 20  # steps of the first epoch timed before a --time budget plans the run
+PLAN_WARMUP_STEPS, PLAN_AFTER_STEPS = 10, 30  # a --time budget plans from steps 11-30 of the first epoch
 
 
 def _plan_early(planned: int, steps_per_epoch: int, step_seconds: float, setup_seconds: float, budget: float,
@@ -483,7 +484,8 @@ def _plan_early(planned: int, steps_per_epoch: int, step_seconds: float, setup_s
     fits = max(1, int((budget - setup_seconds) / per_epoch))
     if fits < planned:
         say(f"time budget {budget / 3600:g} h: {fits} of {planned} planned epochs fit at about {per_epoch:.0f}s "
-            f"per epoch (timed over the first {PLAN_AFTER_STEPS} steps); the schedule ends at epoch {fits}")
+            f"per epoch (timed over steps {PLAN_WARMUP_STEPS + 1}-{PLAN_AFTER_STEPS}); the schedule ends at epoch "
+            f"{fits}")
         return fits
     return planned
 
