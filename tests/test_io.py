@@ -51,19 +51,24 @@ def test_temp_dirs_get_the_umask_mode(tmp_path: Path, umask: int) -> None:
     assert _mode(first) == _mode(second) == 0o755
 
 
-def test_every_file_of_a_run_and_its_exports_is_readable_by_others(digits_folder, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                                   umask: int) -> None:
+def test_every_file_of_a_run_and_its_exports_is_readable_by_others(digits_run: Path, tmp_path: Path) -> None:
+    """The shared run was written under the session's umask, the exports under 022: each file has its mode."""
     import pigeon
 
     pytest.importorskip("onnxruntime")
-    data = digits_folder(splits=("train", "val"), per_class=4, size=8)
-    run = pigeon.train(str(data), epochs=1, batch=8, verbose=False, device="cpu", amp="off",
-                       project=str(tmp_path / "runs"), name="r", cache_dir=str(tmp_path / "cache"))
-    pigeon.export(run.best, format="onnx", verbose=False, check_images=8, cache_dir=str(tmp_path / "cache"))
-    pigeon.export(run.best, format="openvino", verbose=False, check=False)
-    entries = [p for root in (run.run_dir, tmp_path / "cache") for p in root.rglob("*")]
-    files = [p for p in entries if p.is_file()]
-    assert {p.name for p in files} >= {"best.safetensors", "last.state.pt", "config.json", "results.csv",
-                                       "curves.png", "best.onnx", "best.xml", "pigeon.json", "meta.json"}
-    assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files if _mode(p) != 0o644} == {}
-    assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in entries if p.is_dir() and _mode(p) != 0o755} == {}
+    session = os.umask(0o022)
+    try:
+        best = digits_run / "weights" / "best.safetensors"
+        pigeon.export(best, format="onnx", out=str(tmp_path / "x" / "m.onnx"), check=False, verbose=False)
+        pigeon.export(best, format="openvino", out=str(tmp_path / "ov"), check=False, verbose=False)
+    finally:
+        os.umask(session)
+    ran = [p for root in (digits_run, digits_run.parent.parent / "shared-digits-cache") for p in root.rglob("*")]
+    exported = list(tmp_path.rglob("*"))
+    assert {p.name for p in ran if p.is_file()} >= {"best.safetensors", "last.state.pt", "config.json",
+                                                    "results.csv", "curves.png"}
+    assert any(p.is_file() and "shared-digits-cache" in str(p) for p in ran)  # the decoded-image cache too
+    assert {p.name for p in exported} >= {"m.onnx", "ov", "best.xml", "pigeon.json"}
+    wrong = {str(p): oct(_mode(p)) for p in ran if _mode(p) != (0o777 if p.is_dir() else 0o666) & ~session}
+    wrong |= {str(p): oct(_mode(p)) for p in exported if _mode(p) != (0o755 if p.is_dir() else 0o644)}
+    assert wrong == {}
