@@ -67,8 +67,16 @@ def test_every_file_of_a_run_and_its_exports_is_readable_by_others(digits_run: P
     exported = list(tmp_path.rglob("*"))
     assert {p.name for p in ran if p.is_file()} >= {"best.safetensors", "last.state.pt", "config.json",
                                                     "results.csv", "curves.png"}
-    assert any(p.is_file() and "shared-digits-cache" in str(p) for p in ran)  # the decoded-image cache too
     assert {p.name for p in exported} >= {"m.onnx", "ov", "best.xml", "pigeon.json"}
     wrong = {str(p): oct(_mode(p)) for p in ran if _mode(p) != (0o777 if p.is_dir() else 0o666) & ~session}
     wrong |= {str(p): oct(_mode(p)) for p in exported if _mode(p) != (0o755 if p.is_dir() else 0o644)}
     assert wrong == {}
+
+
+def test_a_cache_entry_is_readable_by_others(digits_folder, tmp_path: Path, umask: int) -> None:  # type: ignore[no-untyped-def]
+    from pigeon.data import load_dataset
+
+    load_dataset(str(digits_folder(per_class=2, size=8)), cache_dir=str(tmp_path / "cache"), verbose=False)
+    entries = list((tmp_path / "cache").rglob("*"))
+    assert any(p.name == "meta.json" for p in entries)
+    assert {str(p): oct(_mode(p)) for p in entries if _mode(p) != (0o755 if p.is_dir() else 0o644)} == {}
