@@ -30,8 +30,34 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    return {"cpu": cpu, "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def cpu_flags() -> str:
+    """The CPU features that decide pigeon's speed and precision (pigeon's own probe), and any oneDNN ISA limit."""
+    from pigeon.engine.device import probe_cpu
+
+    cpu = probe_cpu()
+    return " ".join(cpu.flags) + (f", ONEDNN_MAX_CPU_ISA={cpu.isa_limit}" if cpu.isa_limit else "")
+
+
+def write_png_folder(root: Path, classes: Any, splits: dict[str, tuple[Any, Any]]) -> Path:
+    """Write uint8 arrays [N, C, H, W] (pigeon's layout; C is 1 or 3) or [N, H, W] as
+    root/<split>/<class>/NNNNN.png; returns root."""
+    import numpy as np
+    from PIL import Image
+
+    for split, (images, labels) in splits.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i, (img, label) in enumerate(zip(images, labels)):
+            img = np.asarray(img)
+            if img.ndim == 3:  # CHW -> HW or HWC
+                img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            Image.fromarray(img).save(root / split / classes[int(label)] / f"{i:05d}.png")
+    return root
 
 
 def git_revision() -> str:
@@ -75,6 +101,7 @@ def save(name: str, payload: dict[str, Any], table: str, stamp: dict[str, Any] |
     m = payload["machine"]
     section = (f"<!-- {name}:start -->\n{table.rstrip()}\n\n"
                f"Measured {payload['date']} at git {payload['git']} on {m['cpu']} ({m['cores']} cores"
+               f"{'; flags ' + m['cpu_flags'] if m.get('cpu_flags') else ''}"
                f"{', ' + m['gpu'] if m['gpu'] else ''}), torch {m['torch']}, by `{payload['command']}`; "
                f"raw numbers in `benchmarks/results/{name}.json`.\n<!-- {name}:end -->")
     header = "# Benchmarks\n\nEvery figure below is written by a script in `benchmarks/`; re-run it to check.\n"

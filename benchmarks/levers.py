@@ -4,15 +4,21 @@ Times the plain training step (forward, backward, SGD) on a Fashion-MNIST-shaped
 differ in one respect from pigeon-n as shipped.
 
     python benchmarks/levers.py
+    ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/levers.py --fp32   # the path of an AVX2-only CPU (no bf16)
+
+`--fp32` measures the fp32 recipe pigeon picks where the CPU has no native bf16 (channels-last, fp32) and
+the narrower and plainer variants against it, into its own table (levers-fp32), stamped with the CPU flags
+and any oneDNN ISA limit.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import torch
-from common import save
+from common import cpu_flags, save
 from torch.nn import functional as F
 
 from pigeon.models.pigeonnet import VARIANTS, PigeonNet
@@ -38,10 +44,26 @@ def images_per_second(model: torch.nn.Module, bf16: bool, channels_last: bool, b
     return batch / statistics.median(times)
 
 
-def main() -> None:
+def fp32_variants() -> dict[str, tuple[torch.nn.Module, bool, bool]]:
     widths, depths = VARIANTS["pigeon-n"]
     shipped = lambda: PigeonNet(widths, depths, 10, 1, 28)  # noqa: E731
-    variants = {
+    return {
+        "pigeon-n, fp32, channels-last (what amp auto runs without native bf16)": (shipped(), False, True),
+        "fp32, contiguous memory": (shipped(), False, False),
+        "widening conv before the pool (no pool-first, no fold)": (PigeonNet(widths, depths, 10, 1, 28,
+                                                                              pool_first=False), False, True),
+        "widths 16, 32, 64": (PigeonNet((16, 32, 64), depths, 10, 1, 28), False, True),
+        "widths 16, 32, 64, contiguous memory": (PigeonNet((16, 32, 64), depths, 10, 1, 28), False, False),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fp32", action="store_true", help="the fp32 recipe and its variants (levers-fp32)")
+    args = parser.parse_args()
+    widths, depths = VARIANTS["pigeon-n"]
+    shipped = lambda: PigeonNet(widths, depths, 10, 1, 28)  # noqa: E731
+    variants = fp32_variants() if args.fp32 else {
         "pigeon-n as shipped (bf16, channels-last, pool-first, pool folded into the stem)": (shipped(), True, True),
         "fp32, contiguous memory": (shipped(), False, False),
         "bf16, contiguous memory": (shipped(), True, False),
@@ -57,8 +79,9 @@ def main() -> None:
         print(f"{name}: {ips:.0f} img/s ({ips / base:.2f}x)", flush=True)
     table = ["| variant | train img/s | relative to shipped |", "|---|---|---|"]
     table += [f"| {r['variant']} | {r['img_s']:.0f} | {r['vs_shipped']:.2f}x |" for r in rows]
-    table.append("\nBatch 256 of 1x28x28, median of 10 steps after 3 warm-up steps, 2 threads as PyTorch chooses.")
-    save("levers", {"rows": rows}, "\n".join(table))
+    table.append("\nBatch 256 of 1x28x28, median of 10 steps after 3 warm-up steps, 2 threads as PyTorch chooses; "
+                 f"CPU flags: {cpu_flags()}.")
+    save("levers-fp32" if args.fp32 else "levers", {"rows": rows, "fp32": args.fp32}, "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@
     clf.predict("shoe.png").label
 """
 
-__version__ = "0.1.0"
-
-from pigeon.api import audit, bench, compare, explain, export, load, predict, runs, train, tune, val  # noqa: E402
-from pigeon.errors import (  # noqa: E402
+from pigeon._version import __version__
+from pigeon.api import audit, bench, compare, explain, export, load, predict, runs, train, tune, val
+from pigeon.errors import (
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -17,7 +16,7 @@ from pigeon.errors import (  # noqa: E402
     ImageError,
     PigeonError,
 )
-from pigeon.models import list_models  # noqa: E402
+from pigeon.models import list_models
 
 __all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "ImageError", "PigeonError", "__version__",
            "audit", "bench", "compare", "explain", "export", "list_models", "load", "predict", "runs", "train", "tune",

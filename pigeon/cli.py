@@ -17,6 +17,7 @@ from pigeon.config import (
     AMP_MODES,
     BENCH_FORMATS,
     EXPORT_FORMATS,
+    INT8_SCHEMES,
     OPTIMIZERS,
     RESIZE_MODES,
     SCHEDULES,
@@ -35,7 +36,8 @@ TRAIN_HELP = {
                "running code), 'timm' (the timm model's pretrained weights) or hf-hub:org/repo[/file]",
     "epochs": "passes over the training data",
     "batch": "images per training step",
-    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist), 64 for folders",
+    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist; a folder's median image "
+             "side), at most 64 for folders",
     "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
     "resize": "crop: shorter side to imgsz then centre crop; pad: letterbox; stretch: ignore aspect",
     "optimizer": "sgd (Nesterov momentum) or adamw",
@@ -47,7 +49,8 @@ TRAIN_HELP = {
     "label_smoothing": "label smoothing of the cross-entropy target",
     "ema": "evaluate and save an exponential moving average of the weights",
     "ema_decay": "EMA decay per step; default: a horizon of a tenth of the run",
-    "amp": "mixed precision: auto (bf16 where the CPU/GPU supports it), off, bf16, fp16 (GPU)",
+    "amp": "mixed precision: auto (bf16 where the CPU runs it natively, AVX512-BF16 or AMX, unless "
+           "ONEDNN_MAX_CPU_ISA limits it; bf16 or fp16 on a GPU), off, bf16, fp16 (GPU)",
     "channels_last": "channels-last memory format (default on, except on mps)",
     "grad_clip": "clip the gradient norm to this value (0 = off)",
     "freeze_epochs": "train only the classifier head for this many epochs (BatchNorm statistics frozen too), "
@@ -85,6 +88,8 @@ EXPORT_HELP = {
     "dynamic_batch": "accept any batch size (default: batch 1)",
     "opset": "ONNX opset",
     "int8": "static INT8 quantization of the ONNX graph, calibrated on training images",
+    "int8_scheme": "INT8 arithmetic: auto (= u8s8-7bit, exact on every x86 CPU), u8s8-7bit (7-bit weights), u8s8 "
+                   "(8-bit weights: can saturate on CPUs without VNNI), u8u8",
     "calib_data": "images to calibrate INT8 on: a folder or built-in name (default: the training data)",
     "calib_images": "how many training images calibrate INT8",
     "data": "real images for the parity check (default: the training data named in the checkpoint)",
@@ -128,7 +133,7 @@ AUDIT_HELP = {
     "verbose": "print progress and the summary",
 }
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
-           "resize": RESIZE_MODES, "select": SELECT_METRICS}
+           "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
@@ -437,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _refuse_unknown(parser, list(sys.argv[1:] if argv is None else argv))
         if args.version:
-            from pigeon import __version__
+            from pigeon._version import __version__
 
             print(f"pigeon {__version__}")
             return 0

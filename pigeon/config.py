@@ -155,6 +155,7 @@ class PredictConfig:
 
 
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
+INT8_SCHEMES = ("auto", "u8s8-7bit", "u8s8", "u8u8")  # see pigeon.deploy.exporter.INT8_RECIPES
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class ExportConfig:
     dynamic_batch: bool = False
     opset: int = 18
     int8: bool = False
+    int8_scheme: str = "auto"
     calib_data: str | None = None
     calib_images: int = 256
     data: str | None = None
@@ -183,6 +185,7 @@ class ExportConfig:
         _check_choice("format", self.format, EXPORT_FORMATS)
         _check_range("imgsz", self.imgsz, 8, 1024)
         _check_range("opset", self.opset, 18, 30)
+        _check_choice("int8_scheme", self.int8_scheme, INT8_SCHEMES)
         _check_range("calib_images", self.calib_images, 1)
         _check_range("check_images", self.check_images, 1)
         _check_range("min_agreement", self.min_agreement, 0.0, 1.0)

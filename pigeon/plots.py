@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,16 +179,10 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Render to a temp file beside `path`, then rename: readers never see a half-written PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from pigeon.io import atomic_path
+
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself to the figure
-    # Not tempfile.mkstemp: its files are mode 0600, and the PNG should get the umask's usual mode.
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return final

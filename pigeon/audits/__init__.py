@@ -116,7 +116,7 @@ def check_labels(cfg: AuditConfig, listing: Listing, insp: Inspection, device: t
 
 def run(cfg: AuditConfig) -> AuditResult:
     """Audit cfg.data and write the report; reads the data only."""
-    from pigeon import __version__
+    from pigeon._version import __version__
     from pigeon.audits import markdown
     from pigeon.engine.device import select_device
     from pigeon.io import atomic_write_text, write_json

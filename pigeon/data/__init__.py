@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+import warnings
 from pathlib import Path
 
 from pigeon.data.builtins import BUILTINS, load_builtin
 from pigeon.data.dataset import Dataset, Split, with_validation
-from pigeon.data.folders import load_folder
+from pigeon.data.folders import load_folder, scan
 from pigeon.data.preprocess import Preprocess
 from pigeon.errors import DatasetError, did_you_mean
 
-DEFAULT_FOLDER_IMGSZ = 64
+DEFAULT_FOLDER_IMGSZ = 64  # the most an image folder is trained at unless --imgsz says otherwise
+SIZE_SAMPLE = 256  # image headers read to learn a folder's native size
 
 __all__ = ["BUILTINS", "Dataset", "Preprocess", "Split", "load_dataset", "with_validation"]
 
@@ -25,5 +29,44 @@ def load_dataset(data: str, *, imgsz: int | None = None, channels: int | None = 
         hint = did_you_mean(data, BUILTINS)
         raise DatasetError(f"{data}: no such folder, and not a built-in dataset{hint}; "
                            f"built-ins are {', '.join(BUILTINS)}")
-    return load_folder(data, imgsz=imgsz or DEFAULT_FOLDER_IMGSZ, channels=channels, resize=resize,
-                       cache_dir=cache_dir, verbose=verbose)
+    note = None
+    if imgsz is None:
+        imgsz, note = folder_imgsz(Path(data).expanduser(), resize)
+    ds = load_folder(data, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir, verbose=verbose)
+    return dataclasses.replace(ds, notes=(*ds.notes, note)) if note else ds
+
+
+def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMGSZ) -> tuple[int, str]:
+    """The default input size for an image folder, and why: its images' own size when they are small (an 8x8
+    glyph is not upscaled to 64), else `cap`, which keeps training on a CPU to minutes.
+
+    The size is the median, over up to SIZE_SAMPLE training images spread over the classes, of the side that
+    `resize` maps to the input (the shorter for crop, the longer for pad and stretch); only headers are read.
+    """
+
+    _, files, _ = scan(root)
+    train = files["train"]
+    pick = train[:: max(1, len(train) // SIZE_SAMPLE)][:SIZE_SAMPLE]
+    sides = [s for s in (_side(path, resize) for path, _ in pick) if s]
+    if not sides:  # nothing readable in the sample: decoding will say what is wrong with the files
+        return cap, f"imgsz {cap}: the folder default (--imgsz to change it)"
+    native = int(statistics.median(sides))
+    which = "shorter" if resize == "crop" else "longer"
+    if native <= cap:
+        return max(8, native), (f"imgsz {max(8, native)}: the images' own size (median {which} side of "
+                                f"{len(sides)} sampled), so nothing is upscaled; --imgsz to change it")
+    return cap, (f"imgsz {cap}: the images are larger (median {which} side {native} px) and {cap} px keeps "
+                 "training fast; --imgsz to train bigger")
+
+
+def _side(path: Path, resize: str) -> int | None:
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # a decompression-bomb warning: decoding skips that file, with a reason
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:  # reads the header only
+                w, h = img.size
+    except Exception:  # noqa: BLE001 - unreadable files are skipped and reported by the decoder, not here
+        return None
+    return min(w, h) if resize == "crop" else max(w, h)

@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pigeon.io import make_temp_dir
 
 CACHE_VERSION = 1
 
@@ -57,7 +58,7 @@ def load_or_build(root: Path, key: str, build: Builder) -> tuple[dict[str, np.nd
     if found is not None:
         return found[0], found[1], True
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    tmp = make_temp_dir(root, f".{key}.")  # the umask's mode, not mkdtemp's 0700: a shared cache stays shared
     try:
         names, meta = build(tmp)
         meta = {**meta, "arrays": names, "cache_version": CACHE_VERSION}

@@ -24,9 +24,9 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": ""}
 
 
 def bench(cfg: BenchConfig) -> list[dict[str, Any]]:
-    from pigeon.api import load
     from pigeon.data import load_dataset
     from pigeon.deploy.exporter import at_size, export
+    from pigeon.deploy.runtimes import load_runtime
     from pigeon.engine import checkpoint
     from pigeon.engine.predict import Classifier
 
@@ -56,7 +56,7 @@ def bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                                                  dynamic_batch=True, data=str(data), cache_dir=cfg.cache_dir,
                                                  out=str(out), verbose=False))
                     path, parity = result.path, result.parity
-                    clf = load(path, device="cpu")
+                    clf = Classifier(*load_runtime(path), device="cpu")  # what pigeon.load does for an export
                 rows.append(_measure(clf, fmt, imgsz, path, sample, np.asarray(split.images), labels, split_name,
                                      parity, cfg))
                 if cfg.verbose:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pigeon.deploy.contract import (
 )
 from pigeon.deploy.runtimes import load_runtime, need
 from pigeon.errors import CheckpointError, ConfigError, DatasetError, ExportError
+from pigeon.io import make_temp_dir
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,12 @@ def export(cfg: ExportConfig) -> ExportResult:
         raise ConfigError(f"{out} is a folder; give a file name with --out (e.g. {example})")
     contract = make_contract(meta, cfg.format, "int8" if cfg.int8 else "fp32", imgsz, cfg.dynamic_batch or cfg.int8,
                              str(source))
+    if cfg.int8:
+        contract["quantization"] = int8_recipe(cfg.int8_scheme)
     images, labels = _check_images(cfg, meta, imgsz) if cfg.check or cfg.int8 else (None, None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = make_temp_dir(out.parent, f".{out.name}.")  # not mkdtemp: its 0700 would follow a folder export
     try:
         staged = work / out.name
         write_contract = _stage(cfg, model, meta, imgsz, staged, source.with_suffix("").name)
@@ -89,7 +91,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"exported {source} -> {out} ({_size(out) / 1e6:.2f} MB, {cfg.format}"
-        f"{' int8' if cfg.int8 else ''}, input {contract['input']['shape']})")
+        f"{' int8 ' + contract['quantization']['scheme'] if cfg.int8 else ''}, input {contract['input']['shape']})")
     return ExportResult(path=out, contract=contract)
 
 
@@ -233,6 +235,28 @@ def _write_openvino(model: nn.Module, example: torch.Tensor, xml: Path, dynamic:
                           f"{str(err).splitlines()[0][:300]}); use --format onnx") from None
 
 
+# onnxruntime's x86 INT8 kernels multiply uint8 activations by int8 weights. Without VNNI (AVX2, AVX-512 before
+# Cascade Lake) they use VPMADDUBSW, which adds two such products into a signed 16-bit sum and saturates at
+# 32,767: 255 x 127 x 2 = 64,770 can overflow, and the model's output drifts (seen: 0.37 in probability on an
+# AVX2 EPYC). With 7-bit weights (onnxruntime's reduce_range, its documented remedy) the worst pair is
+# 255 x 64 x 2 = 32,640, so the same file computes exactly on every x86 CPU; VNNI/AMX add in 32 bits anyway.
+INT8_RECIPES: dict[str, dict[str, Any]] = {
+    "u8s8-7bit": {"activations": "uint8", "weights": "int8", "weight_range": [-64, 64], "reduce_range": True,
+                  "saturation_free_without_vnni": True},
+    "u8s8": {"activations": "uint8", "weights": "int8", "weight_range": [-127, 127], "reduce_range": False,
+             "saturation_free_without_vnni": False},
+    "u8u8": {"activations": "uint8", "weights": "uint8", "weight_range": [0, 255], "reduce_range": False,
+             "saturation_free_without_vnni": True},  # onnxruntime's other documented remedy: 16-bit kernels
+}
+DEFAULT_INT8_SCHEME = "u8s8-7bit"  # safe wherever the file is run, at a measured cost (README, Deploy)
+
+
+def int8_recipe(scheme: str) -> dict[str, Any]:
+    """What the contract records about an INT8 export's arithmetic; "auto" is the scheme safe on every CPU."""
+    name = DEFAULT_INT8_SCHEME if scheme == "auto" else scheme
+    return {"scheme": name, **INT8_RECIPES[name], "format": "QDQ", "per_channel": True, "calibration": "minmax"}
+
+
 class _Calibration:
     """Feeds onnxruntime's static quantizer normalized training images, a batch at a time."""
 
@@ -259,12 +283,14 @@ def _quantize(fp32: Path, out: Path, meta: dict[str, Any], cfg: ExportConfig, im
     reader = _Calibration(np.asarray(train.images[pick]), np.array(meta["preprocess"]["mean"]).reshape(shape),
                           np.array(meta["preprocess"]["std"]).reshape(shape))
     prepped = work / "prepped.onnx"
+    recipe = int8_recipe(cfg.int8_scheme)
+    types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     try:
         with _quiet():
             q.quant_pre_process(str(fp32), str(prepped))
             q.quantize_static(str(prepped), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.MinMax)
+                              reduce_range=recipe["reduce_range"], activation_type=types[recipe["activations"]],
+                              weight_type=types[recipe["weights"]], calibrate_method=q.CalibrationMethod.MinMax)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"INT8 quantization failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
                           "export fp32 ONNX instead (drop --int8)") from None

@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from pigeon.errors import CheckpointError
-from pigeon.io import atomic_path, write_json
+from pigeon.io import atomic_write_bytes, write_json
 
 FORMAT = "pigeon-checkpoint"
 FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    from pigeon import __version__
+    from pigeon._version import __version__
 
     return {"pigeon": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
@@ -40,14 +40,14 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def save(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "versions": versions(),
             "sha256": weights_digest(state)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"pigeon": json.dumps(meta)})
+    # Bytes, not save_file: safetensors writes its files with mode 0600, which no one else could read.
+    atomic_write_bytes(path, to_bytes(state, metadata={"pigeon": json.dumps(meta)}))
     write_json(path.with_suffix(".meta.json"), meta)
     return path
 

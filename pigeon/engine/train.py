@@ -21,10 +21,10 @@ from torch.nn import functional as F
 
 from pigeon.config import TrainConfig
 from pigeon.data import Dataset, load_dataset, with_validation
-from pigeon.data.augment import Augment
+from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.preprocess import normalize
 from pigeon.engine import checkpoint
-from pigeon.engine.device import amp_dtype, autocast, select_device
+from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
 from pigeon.engine.pretrained import fit_weights, read_weights
@@ -70,6 +70,19 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
         amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
         channels_last=cfg.channels_last if cfg.channels_last is not None else device.type != "mps",
         device=str(device))
+
+
+def _flip_hint(ds: Dataset, fliplr: float) -> str | None:
+    """Advice to try --fliplr 0 when the default flips images that a mirror turns into something else."""
+    if fliplr <= 0:
+        return None
+    train = ds.splits["train"]
+    ratio = mirror_ratio(train.images, train.labels)
+    if ratio < MIRROR_HINT_RATIO:
+        return None
+    return (f"flips are on by default (--fliplr {fliplr:g}), but a mirror moves this data's class means "
+            f"{ratio:.2f}x as far as the gap to the nearest other class (as for digits or letters, unlike "
+            "clothes or photos): try --fliplr 0")
 
 
 def make_run_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -217,6 +230,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     if cfg.patience and "val" not in ds.splits:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
+    precision = amp_choice(device, cfg.amp)[1]
+    flip_by_default = cfg.fliplr is None
     cfg = resolve(cfg, ds, device)
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
@@ -226,7 +241,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                                                                cfg.exist_ok)
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
-    for note in ds.notes:
+    hint = _flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume else None
+    for note in (*ds.notes, *([hint] if hint else [])):
         say(f"note: {note}")
     if ds.skipped:
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))
@@ -284,6 +300,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
+    say(f"precision: {precision}")
     epoch = int(progress_state["epoch"])
     stopped: str | None = None
     emit({"event": "start", "run_dir": str(run_dir), "epoch": epoch, "epochs": planned, "steps": steps_per_epoch,
@@ -298,7 +315,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                 set_backbone_frozen(model, head, frozen)
             else:
                 model.train()
-            t_epoch = time.perf_counter()
+            t_epoch = t_warm = time.perf_counter()
             order = torch.randperm(len(labels), generator=gen).to(device)
             bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch", enabled=cfg.verbose,
                            leave=False)
@@ -313,6 +330,17 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                     ema.update(model)
                 step += 1
                 bar.update(1)
+                if i + 1 == PLAN_WARMUP_STEPS:
+                    t_warm = time.perf_counter()  # the first steps also compile kernels: not the pace
+                if cfg.time and epoch == 1 and i + 1 == PLAN_AFTER_STEPS < steps_per_epoch and not cfg.resume:
+                    # Plan from the first steps, not the first epoch: where one epoch takes most of the budget
+                    # (fp32 on an AVX2 CPU), the schedule must already know that now, not after it.
+                    pace = (time.perf_counter() - t_warm) / (PLAN_AFTER_STEPS - PLAN_WARMUP_STEPS)
+                    planned = _plan_early(planned, steps_per_epoch, pace, t_epoch - t0, cfg.time * 3600, say)
+                    total_steps = steps_per_epoch * planned
+                    warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
+                    if ema is not None and not cfg.ema_decay:
+                        ema.decay = ema_decay_for(total_steps)
                 if i % 20 == 19:
                     rate = (i + 1) * batch / (time.perf_counter() - t_epoch)
                     bar.set_postfix_str(f"loss {float(loss_sum) / (i + 1):.4f} {rate:.0f} img/s")
@@ -394,6 +422,12 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
                "selected_on": "val" if eval_name == "val" else "final epoch", "stopped": stopped,
                "val": _brief(results["val"]), "test": _brief(results["test"])}
+    if hint:
+        summary["hint"] = hint
+    if results["test"] is None and results["val"] is not None and eval_name == "val":
+        summary["caveat"] = (f"no test split: the val top-1 {results['val']['top1']:.2%} is optimistic, because "
+                             "the best epoch was chosen on val and is reported on val; add a test/ folder (same "
+                             "class folders, images used for nothing else) for an unbiased figure")
     write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
     checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
                                             "metrics": {k: _brief(v) for k, v in results.items() if v}})
@@ -404,6 +438,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     split_name = "test" if results["test"] else "val"
     say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); "
         + (f"{split_name} top-1 {headline['top1']:.2%}; " if headline else "") + f"weights in {best_path}")
+    if "caveat" in summary:
+        say(f"note: {summary['caveat']}")
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
                        test=results["test"], epochs=len(rows), seconds=seconds)
 
@@ -467,6 +503,25 @@ def _restore(path: Path, fingerprint: str, model: nn.Module, opt: torch.optim.Op
     gen.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     return state
+
+
+PLAN_WARMUP_STEPS, PLAN_AFTER_STEPS = 10, 30  # a --time budget plans from steps 11-30 of the first epoch
+
+
+def _plan_early(planned: int, steps_per_epoch: int, step_seconds: float, setup_seconds: float, budget: float,
+                say: Any) -> int:
+    """Epochs that fit the budget at this step pace, at least one: the first plan of a --time run.
+
+    Each epoch is counted 10% longer than its steps, for its evaluation and checkpoints.
+    """
+    per_epoch = 1.1 * step_seconds * steps_per_epoch
+    fits = max(1, int((budget - setup_seconds) / per_epoch))
+    if fits < planned:
+        say(f"time budget {budget / 3600:g} h: {fits} of {planned} planned epochs fit at about {per_epoch:.0f}s "
+            f"per epoch (timed over steps {PLAN_WARMUP_STEPS + 1}-{PLAN_AFTER_STEPS}); the schedule ends at epoch "
+            f"{fits}")
+        return fits
+    return planned
 
 
 def _fit_to_budget(epoch: int, planned: int, elapsed: float, budget: float, say: Any) -> int:

@@ -123,6 +123,39 @@ def test_int8_is_smaller_and_reports_its_drop(ckpt: Path) -> None:
     assert parity["max_abs_prob_diff"] > 0  # quantized: not bit-identical to fp32
 
 
+def _int8_weight_peak(path: Path) -> int:
+    """The largest |q - zero point| among the 8-bit weights that feed a Conv or Gemm."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i).astype(np.int64) for i in graph.initializer
+             if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    feeds = {name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") for name in n.input}
+    peaks = []
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.output[0] in feeds and n.input[0] in inits:
+            w, zp = inits[n.input[0]], inits.get(n.input[2], np.zeros(1, np.int64)) if len(n.input) > 2 else 0
+            zp = np.asarray(zp).reshape(-1, *([1] * (w.ndim - 1))) if np.ndim(zp) else zp
+            peaks.append(int(np.abs(w - zp).max()))
+    assert len(peaks) >= 5  # every conv and the head are quantized
+    return max(peaks)
+
+
+def test_default_int8_cannot_saturate_on_a_cpu_without_vnni(ckpt: Path, tmp_path: Path) -> None:
+    """Without VNNI, onnxruntime's U8S8 kernel adds two uint8 x int8 products in a signed 16-bit register:
+    7-bit weights keep the worst pair, 2 x 255 x 64 = 32,640, under 32,768 wherever the file runs."""
+    default = pigeon.export(ckpt, int8=True, calib_images=32, check_images=64, int8_max_drop=0.2, verbose=False)
+    q = default.contract["quantization"]
+    assert q["scheme"] == "u8s8-7bit" and q["reduce_range"] and q["saturation_free_without_vnni"]
+    assert read_contract(default.path)["quantization"] == q
+    assert 2 * 255 * _int8_weight_peak(default.path) <= 32767
+    full = pigeon.export(ckpt, int8=True, int8_scheme="u8s8", calib_images=32, check_images=64, int8_max_drop=0.2,
+                         out=str(tmp_path / "full.onnx"), verbose=False)
+    assert _int8_weight_peak(full.path) == 127  # what can overflow: so it is never the default
+    assert full.contract["quantization"]["saturation_free_without_vnni"] is False
+
+
 def test_int8_checks_even_with_no_check(ckpt: Path, tmp_path: Path, disagreeing: None) -> None:
     """INT8 is always measured against fp32 (it is the point of calibrating); a large drop is refused."""
     before = snapshot(tmp_path)

@@ -77,6 +77,7 @@ def test_contract_round_trip(name: str, weights: Path, exports: dict[str, Export
     assert contract["model"] == meta["model"] == "pigeon-n"
     assert contract["source"] == {"checkpoint": str(weights), "sha256": meta["sha256"]}
     assert contract["precision"] == ("int8" if name == "onnx-int8" else "fp32")
+    assert contract.get("quantization", {}).get("scheme") == ("u8s8-7bit" if name == "onnx-int8" else None)
     assert contract["runtime"] == FORMATS[name]["format"]
     assert contract["input"]["name"] == "images" and contract["input"]["layout"] == "NCHW"
     assert contract["input"]["color_order"] == "grayscale (L)"

@@ -70,13 +70,12 @@ def test_no_temp_files_left(saved: tuple[Path, torch.nn.Module], tmp_path: Path)
 
 
 def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import safetensors.torch
+    import pigeon.io
 
-    def broken(state: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
-        Path(filename).write_bytes(b"half a file")
+    def broken(fd: int) -> None:  # the bytes went out, the disk cannot hold them
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(pigeon.io.os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(tmp_path / "model.safetensors", _model(), _meta())
     assert list(tmp_path.iterdir()) == []

@@ -25,8 +25,8 @@ from pigeon.engine import checkpoint
 from pigeon.engine import train as train_mod
 from pigeon.errors import CheckpointError, ConfigError
 
-RUN = {"epochs": 5, "batch": 64, "deterministic": True, "plots": False, "verbose": False}
-STEPS_PER_EPOCH = 18  # digits: 1,212 training images after the 10% validation split, batch 64
+RUN = {"epochs": 5, "batch": 128, "deterministic": True, "plots": False, "verbose": False}
+STEPS_PER_EPOCH = 9  # digits: 1,212 training images after the 10% validation split, batch 128
 
 # The child process trains and, at a chosen step, announces it is mid-epoch and waits to be killed.
 CHILD = r"""
@@ -148,6 +148,28 @@ def test_fit_to_budget_shortens_the_plan_at_the_pace_so_far() -> None:
     assert train_mod._fit_to_budget(2, 5, elapsed=20.0, budget=65.0, say=notes.append) == 5  # never longer
     assert train_mod._fit_to_budget(3, 10, elapsed=30.0, budget=5.0, say=notes.append) == 3  # never before now
     assert len(notes) == 2 and "6 of 10 planned epochs fit at 10.0s per epoch" in notes[0]
+
+
+def test_plan_early_fits_whole_epochs_at_the_step_pace() -> None:
+    notes: list[str] = []
+    # 0.1 s per step, 100 steps: 11 s per epoch with evaluation; 5 s of setup leave 115 s, 10 epochs
+    assert train_mod._plan_early(20, 100, 0.1, 5.0, budget=115.0 + 5.0, say=notes.append) == 10
+    assert train_mod._plan_early(8, 100, 0.1, 5.0, budget=120.0, say=notes.append) == 8  # never longer
+    assert train_mod._plan_early(8, 100, 1.0, 5.0, budget=60.0, say=notes.append) == 1  # at least one epoch
+    assert len(notes) == 2 and "10 of 20 planned epochs fit at about 11s per epoch" in notes[0]
+
+
+def test_a_tight_budget_plans_from_the_first_steps(tmp_path: Path, cache_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Planned within epoch 1, the schedule (and EMA horizon) of a 1-epoch run is a 1-epoch schedule."""
+    result = pigeon.train("digits", project=str(tmp_path), name="run", cache_dir=str(cache_dir), epochs=5,
+                          batch=32, amp="off", plots=False, verbose=True, time=1e-7)  # 37 steps per epoch
+    out = capsys.readouterr().out
+    assert "1 of 5 planned epochs fit" in out and "timed over steps 11-30" in out
+    assert result.epochs == 1
+    rows = (result.run_dir / "results.csv").read_text().splitlines()
+    # the lr of the last step is one step from zero (peak 0.025): the schedule ended with the epoch
+    assert len(rows) == 2 and float(rows[1].split(",")[1]) < 0.003
 
 
 def test_save_period_keeps_every_nth_epoch(tmp_path: Path, cache_dir: Path) -> None:
