@@ -17,7 +17,7 @@ from pigeon.errors import CheckpointError, DatasetError
 if TYPE_CHECKING:
     from pigeon.audits import AuditResult
     from pigeon.deploy import ExportResult
-    from pigeon.saliency import ExplainResult
+    from pigeon.engine.saliency import ExplainResult
     from pigeon.tuning import TuneResult
 
 
@@ -189,9 +189,11 @@ def explain(model: str | os.PathLike[str] | Classifier, source: Any, method: str
     Returns:
         ExplainResult: dir, method, layer, maps (float32 [N, H, W] in [0, 1]) and one item per image.
     """
-    from pigeon.saliency import explain as _explain
+    from pigeon.engine.saliency import explain as _explain
 
-    return _explain(model, source, method=method, target=target, layer=layer, out=out, **options)
+    clf = _classifier(model, options.pop("device", "auto"))
+    origin = "model" if isinstance(model, Classifier) else str(model)
+    return _explain(clf, source, method=method, target=target, layer=layer, out=out, origin=origin, **options)
 
 
 def runs(project: str | os.PathLike[str] = "runs/train", sort: str | None = None) -> list[dict[str, Any]]:

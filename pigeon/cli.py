@@ -247,7 +247,7 @@ INSIGHT_VERBS = ("explain", "runs", "compare", "tune")
 
 def _add_insight_verbs(verbs: Any) -> None:
     """explain, runs, compare and tune: why a model decided, which run is best, which options are better."""
-    from pigeon.saliency import METHODS
+    from pigeon.engine.saliency import METHODS
     from pigeon.tuning import DEFAULT_SPACE, PRUNERS, SET_BY_TUNE, SPACE, SPACE_HELP
 
     p = verbs.add_parser("explain", help="heat maps of the image regions behind a prediction (Grad-CAM)",

@@ -12,11 +12,12 @@ import pigeon
 
 # Bottom first. A module may import from its own entry or from any entry listed before it.
 LAYERS = [
-    ["pigeon._version", "pigeon.errors", "pigeon.io", "pigeon.progress"],
+    ["pigeon._version", "pigeon.errors", "pigeon.io", "pigeon.progress", "pigeon.offline"],
     ["pigeon.config"],
-    ["pigeon.data", "pigeon.models", "pigeon.metrics", "pigeon.plots"],  # plots draws numbers; it knows no engine
-    ["pigeon.engine"],
-    ["pigeon.deploy", "pigeon.audits"],
+    # plots draws numbers, it knows no engine; configfile reads and writes option files for config
+    ["pigeon.data", "pigeon.models", "pigeon.metrics", "pigeon.plots", "pigeon.configfile"],
+    ["pigeon.engine", "pigeon.tracking"],  # tracking is fed by the engine's events hook, it does not import it
+    ["pigeon.deploy", "pigeon.audits", "pigeon.tuning", "pigeon.experiments"],
     ["pigeon.api"],
     ["pigeon"],  # the public __init__
     ["pigeon.cli"],

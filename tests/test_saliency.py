@@ -15,7 +15,7 @@ from PIL import Image
 import pigeon
 from pigeon.cli import main
 from pigeon.models import create_model
-from pigeon.saliency import find_layer, maps_for
+from pigeon.engine.saliency import find_layer, maps_for
 
 SIZE, PATCH = 32, 8
 
@@ -133,7 +133,7 @@ def test_the_last_convolutional_stage_is_found_in_timm_and_torchvision_models(na
     model = create_model(name, num_classes=3, in_chans=3, imgsz=64).eval()
     x = torch.randn(2, 3, 64, 64)
     assert find_layer(model, x) == expected
-    maps, logits, layer = pigeon.saliency.cam(model, x, method="gradcam++")
+    maps, logits, layer = pigeon.engine.saliency.cam(model, x, method="gradcam++")
     assert layer == expected and maps.shape == (2, 64, 64) and logits.shape == (2, 3)
 
 
@@ -144,7 +144,7 @@ def test_a_model_without_a_feature_map_is_refused_with_the_fix() -> None:
 
 
 def test_misclassified_images_get_an_overlay_row(tiny_clf: Any) -> None:
-    from pigeon.saliency import misclassified_overlays
+    from pigeon.engine.saliency import misclassified_overlays
 
     clf = tiny_clf
     rng = np.random.default_rng(0)

@@ -541,7 +541,7 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
            classes: list[str], split_name: str, model: nn.Module | None = None, spec: Any = None,
            device: torch.device | None = None) -> None:
     from pigeon import plots
-    from pigeon.saliency import misclassified_overlays
+    from pigeon.engine.saliency import misclassified_overlays
 
     plots.plot_curves(rows, run_dir / "curves.png", split=split_name)
     plots.plot_confusion(np.asarray(report["confusion"]), classes, run_dir / "confusion_matrix.png")

@@ -178,13 +178,13 @@ def _file_stem(source: str, taken: set[str]) -> str:
     return name
 
 
-def explain(model: Any, source: Any, method: str = "gradcam", target: str | int | None = None,
+def explain(clf: Any, source: Any, method: str = "gradcam", target: str | int | None = None,
             layer: str | None = None, out: str | os.PathLike[str] | None = None, batch: int = 32,
-            device: str = "auto", save: bool = True, verbose: bool = True) -> ExplainResult:
-    """Heat maps of the regions behind the predicted (or `target`) class, for a checkpoint or Classifier.
+            origin: str = "model", save: bool = True, verbose: bool = True) -> ExplainResult:
+    """Heat maps of the regions behind the predicted (or `target`) class, for a loaded Classifier.
 
     Args:
-        model: runs/train/<name>/weights/best.safetensors, or a loaded pigeon Classifier.
+        clf: a loaded pigeon Classifier (pigeon.explain loads a checkpoint path for you).
         source: files, folders, globs, PIL images or arrays, as for predict().
         method: "gradcam" or "gradcam++".
         target: a class name or index to explain instead of each image's prediction.
@@ -194,14 +194,12 @@ def explain(model: Any, source: Any, method: str = "gradcam", target: str | int 
     Returns:
         ExplainResult with the folder, method, layer, maps and one item per input image.
     """
-    from pigeon.api import _classifier
     from pigeon.engine.predict import _items, _to_uint8
     from pigeon.errors import describe
 
     if method not in METHODS:
         raise ConfigError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}"
                           f"{did_you_mean(method, METHODS)}")
-    clf = _classifier(model, device)
     index = _target_index(target, clf.classes)
     items, _ = _items(source)
     arrays, records = [], []
@@ -222,7 +220,8 @@ def explain(model: Any, source: Any, method: str = "gradcam", target: str | int 
         from pigeon.engine.train import make_run_dir
         from pigeon.io import write_json
 
-        run_name = Path(str(model)).parent.parent.name if not hasattr(model, "model") else "model"
+        # runs/train/<name>/weights/best.safetensors explains into runs/explain/<name>
+        run_name = Path(origin).parent.parent.name if origin != "model" else "model"
         out_dir = Path(out) if out else make_run_dir("runs/explain", run_name or "model", False)
         out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
@@ -243,8 +242,7 @@ def explain(model: Any, source: Any, method: str = "gradcam", target: str | int 
             np.save(out_dir / f"{stem}.npy", maps[i], allow_pickle=False)
             rec.update({"png": f"{stem}.png", "npy": f"{stem}.npy"})
     if out_dir is not None:
-        write_json(out_dir / "explain.json", {"method": method, "layer": layer, "model": str(model) if not
-                                              hasattr(model, "model") else repr(model), "items": records})
+        write_json(out_dir / "explain.json", {"method": method, "layer": layer, "model": origin, "items": records})
     if verbose:
         for rec in records:
             print(f"{rec['source']}: " + (f"ERROR {rec['error']}" if "error" in rec else
