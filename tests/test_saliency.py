@@ -14,8 +14,8 @@ from PIL import Image
 
 import pigeon
 from pigeon.cli import main
-from pigeon.models import create_model
 from pigeon.engine.saliency import find_layer, maps_for
+from pigeon.models import create_model
 
 SIZE, PATCH = 32, 8
 
