@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pigeon.errors import ConfigError, did_you_mean
@@ -37,7 +39,11 @@ def check_types(config: Any) -> None:
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
         value = getattr(config, f.name)
-        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+        hint = hints[f.name]
+        unions = (typing.Union, getattr(types, 'UnionType', typing.Union))
+        # tuple[str, ...] is checked as a tuple; Optional/Union hints as their members
+        allowed = tuple(typing.get_origin(t) or t for t in
+                        (typing.get_args(hint) if typing.get_origin(hint) in unions else (hint,)))
         if value is None and type(None) in allowed:
             continue
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
@@ -271,6 +277,60 @@ class AuditConfig:
         _check_range("batch", self.batch, 2)  # BatchNorm needs two samples a step
         _check_range("confidence", self.confidence, 0.0, 1.0, lo_open=True)
         _check_range("thumbnails", self.thumbnails, 0)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`pigeon serve`: the no-code app and the REST API, on one machine.
+
+    The home holds everything the app keeps: pigeon.db (SQLite), datasets/ (uploads, one fresh folder each) and
+    runs/train/ (ordinary run folders the CLI can open; CLI runs made there show up in the app).
+    """
+
+    home: str = "~/.local/share/pigeon"
+    model: str | None = None  # also serve this model: any pigeon.load path (.safetensors, .onnx, ...)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # required off loopback; "auto" makes one and prints a ?token= URL once
+    allow_host: tuple[str, ...] = ()  # extra Host header values accepted (DNS-rebinding guard); "*" accepts any
+    max_batch: int = 16  # micro-batching: at most this many images per forward pass (1 turns batching off)
+    max_wait_ms: float = 5.0  # ... and wait at most this long for a batch to fill
+    queue_limit: int = 256  # images waiting for the model beyond this get 503 + Retry-After
+    max_request_mb: float = 32.0  # a predict request's body
+    max_upload_mb: float = 512.0  # a dataset archive's body
+    max_unzipped_mb: float = 2048.0  # all members of one archive, uncompressed
+    max_entries: int = 100_000  # members in one archive
+    max_ratio: float = 200.0  # a member's uncompressed / compressed size (zip bombs)
+    max_pixels: int = 40_000_000  # one image (decompression bombs)
+    max_files: int = 256  # images in one predict request
+    jobs: int = 1  # training jobs run at once; more wait in a queue
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allow_host, list):
+            object.__setattr__(self, "allow_host", tuple(self.allow_host))
+        check_types(self)
+        _check_range("port", self.port, 0, 65535)
+        _check_range("max_batch", self.max_batch, 1, 1024)
+        _check_range("max_wait_ms", self.max_wait_ms, 0.0, 1000.0)
+        _check_range("queue_limit", self.queue_limit, 1)
+        for name in ("max_request_mb", "max_upload_mb", "max_unzipped_mb", "max_ratio"):
+            _check_range(name, getattr(self, name), 0.0, lo_open=True)
+        _check_range("max_entries", self.max_entries, 1)
+        _check_range("max_pixels", self.max_pixels, 1)
+        _check_range("max_files", self.max_files, 1)
+        _check_range("jobs", self.jobs, 1, 64)
+        if self.host not in LOOPBACK_HOSTS and not self.token:
+            raise ConfigError(f"host={self.host!r} is reachable from other machines, so pigeon serve needs a token "
+                              "there: --token SECRET, PIGEON_TOKEN=SECRET, or --token auto (prints a ?token= URL "
+                              "once). Or keep the default --host 127.0.0.1")
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
 
 
 C = TypeVar("C")
