@@ -9,7 +9,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data tools demo test lint bench clean
+.PHONY: install data tools browser demo test serve lint bench clean
 
 install: $(VENV)/.installed
 
@@ -30,13 +30,23 @@ tools:
 	@if ! command -v strace >/dev/null && command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; fi
 
+# Debian's chromium: tests/serve/test_browser.py drives it through Playwright (never `playwright install`,
+# which downloads browsers).
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; fi
+
 demo: install data
 	$(BIN)/pigeon train --data fashion-mnist --model pigeon-n --epochs 10 --time 0.04 --project runs/train --name demo --exist-ok
 	$(BIN)/python examples/fashion_samples.py --out runs/demo-samples --count 8
 	$(BIN)/pigeon predict --model runs/train/demo/weights/best.safetensors --source runs/demo-samples --top-k 3
 
-test: install data tools
+test: install data tools browser
 	$(BIN)/python -m pytest -q
+
+# The app and REST API at http://127.0.0.1:8000 (Ctrl-C stops it; runs and datasets are kept).
+serve: install
+	$(BIN)/pigeon serve
 
 lint: install
 	$(BIN)/ruff check pigeon tests benchmarks examples

@@ -17,7 +17,8 @@ from pigeon.errors import (
     PigeonError,
 )
 from pigeon.models import list_models
+from pigeon.serve import serve  # the app and REST API; FastAPI loads only when a server starts
 
 __all__ = ["CheckpointError", "ConfigError", "DatasetError", "ExportError", "ImageError", "PigeonError", "__version__",
-           "audit", "bench", "compare", "explain", "export", "list_models", "load", "predict", "runs", "train", "tune",
-           "val"]
+           "audit", "bench", "compare", "explain", "export", "list_models", "load", "predict", "runs", "serve", "train",
+           "tune", "val"]

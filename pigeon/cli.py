@@ -25,6 +25,7 @@ from pigeon.config import (
     AuditConfig,
     BenchConfig,
     ExportConfig,
+    ServeConfig,
     TrainConfig,
 )
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
@@ -132,6 +133,25 @@ AUDIT_HELP = {
     "device": "auto, cpu, cuda, cuda:N or mps",
     "verbose": "print progress and the summary",
 }
+SERVE_HELP = {
+    "home": "where the app keeps pigeon.db, uploaded datasets and its runs (runs/train/, ordinary run folders)",
+    "model": "also serve this model at /api/v1/predict: a checkpoint or an export (.onnx, .torchscript, OpenVINO)",
+    "host": "address to listen on; anything but loopback needs --token",
+    "port": "port to listen on",
+    "token": "bearer token every API call must send (also PIGEON_TOKEN); 'auto' makes one and prints a ?token= URL",
+    "max_batch": "micro-batching: most images per forward pass (1 turns batching off)",
+    "max_wait_ms": "micro-batching: longest wait for a batch to fill",
+    "queue_limit": "images waiting for the model before /predict answers 503 + Retry-After",
+    "max_request_mb": "largest /predict body",
+    "max_upload_mb": "largest dataset upload (zip)",
+    "max_unzipped_mb": "largest total size an uploaded zip may unpack to",
+    "max_entries": "most members in an uploaded zip",
+    "max_ratio": "largest uncompressed/compressed ratio of a zip member (zip bombs)",
+    "max_pixels": "largest image (width x height) accepted",
+    "max_files": "most images in one /predict request",
+    "jobs": "training jobs run at once (more wait in a queue)",
+    "verbose": "print the address and what is served",
+}
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
            "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
@@ -158,10 +178,10 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pigeon", allow_abbrev=False,
                                      description="Image classification: train, val, predict, export, bench, "
-                                                 "audit; explain, runs, compare, tune.")
+                                                 "audit; explain, runs, compare, tune; serve.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models,explain,runs,"
-                                  "compare,tune}")
+                                  "compare,tune,serve}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
     p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
@@ -208,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "candidates. Writes report.md and report.json. Every option is also a keyword "
                                      "of pigeon.audit().")
     _add_dataclass_options(p, AuditConfig, AUDIT_HELP)
+
+    p = verbs.add_parser("serve", help="the no-code app and the REST API (http://127.0.0.1:8000)",
+                         description="Run the app (build, train, evaluate and test classifiers in the browser) and "
+                                     "the REST API on this machine. Needs pip install 'pigeon[serve]'. Every option "
+                                     "is also a keyword of pigeon.serve().")
+    _add_dataclass_options(p, ServeConfig, SERVE_HELP, skip=("allow_host",))
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host header (repeatable; '*' accepts any): for a proxy or a DNS name")
 
     p = verbs.add_parser("models", help="list the available model names",
                          description="pigeon's own models, and how to name timm and torchvision ones.")
@@ -434,6 +462,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "models":
         return _print_models(args.filter)
+    if args.verb == "serve":
+        from pigeon.serve import serve
+
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
+        serve(**{**options, "allow_host": tuple(args.allow_host)})
+        return 0
     raise AssertionError(args.verb)
 
 

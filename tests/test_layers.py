@@ -19,6 +19,7 @@ LAYERS = [
     ["pigeon.engine", "pigeon.tracking"],  # tracking is fed by the engine's events hook, it does not import it
     ["pigeon.deploy", "pigeon.audits", "pigeon.tuning", "pigeon.experiments"],
     ["pigeon.api"],
+    ["pigeon.serve"],  # the app and REST API, on the public verbs
     ["pigeon"],  # the public __init__
     ["pigeon.cli"],
     ["pigeon.__main__"],

@@ -1,0 +1,158 @@
+"""Datasets in the app: an uploaded zip, a built-in, or a folder on the server, each summarised once.
+
+The summary is what the Data step shows: classes, images per class, up to 12 thumbnails a class, and every file
+pigeon will not train on, with the reason pigeon's audit gives (corrupt, truncated, not an image, too many
+pixels, outside a class folder, exact duplicate, cross-split leak). Whether the data would train is decided by
+pigeon's own folder scan, so the page never promises what `pigeon train` would refuse.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pigeon.errors import PigeonError
+from pigeon.serve.errors import ApiError
+
+BUILTINS = ("digits", "fashion-mnist")
+THUMBS = 12
+THUMB_SIDE = 96
+
+
+def new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _save_thumb(image: Any, path: Path) -> None:
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+    scale = THUMB_SIDE / max(img.size)
+    if scale < 1 or max(img.size) < 32:  # tiny images (8x8 digits) are blown up so a person can see them
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST
+                         if max(img.size) < 32 else Image.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _array_image(arr: np.ndarray) -> np.ndarray:
+    """uint8 [C, H, W] -> [H, W] or [H, W, C] for PIL."""
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+
+
+def _rejected(report: dict[str, Any]) -> list[dict[str, str]]:
+    out = [{"file": u["path"], "reason": u["reason"]} for u in report["unreadable"]]
+    for group in report["exact_duplicates"]:
+        first, *rest = group["files"]
+        for f in rest:
+            where = "cross-split leak" if f["split"] != first["split"] else "exact duplicate"
+            out.append({"file": f["path"], "reason": f"{where}: the same bytes as {first['path']}"
+                        + (f" ({first['split']} and {f['split']})" if f["split"] != first["split"] else "")})
+    out += [{"file": p.get("path", "") if isinstance(p, dict) else "", "reason": p.get("problem", str(p))
+             if isinstance(p, dict) else str(p)} for p in report.get("layout_problems", [])]
+    return out
+
+
+def summarise_folder(root: Path, audit_dir: Path, thumbs_dir: Path, base_url: str) -> dict[str, Any]:
+    """Classes, counts, thumbnails and rejected files of an image folder; trainable is pigeon's own verdict."""
+    import pigeon
+    from pigeon.data.folders import scan
+
+    why_not = None
+    try:
+        classes, files, _ = scan(root)
+    except PigeonError as err:
+        classes, files, why_not = (), {}, str(err)
+    rejected: list[dict[str, str]] = []
+    try:
+        audited = pigeon.audit(str(root), label_check=False, out=str(audit_dir), thumbnails=0, verbose=False)
+        rejected = _rejected(audited.report)
+    except PigeonError as err:
+        why_not = why_not or str(err)
+    bad = {r["file"] for r in rejected if not r["reason"].startswith(("exact duplicate", "cross-split"))}
+    per_class: list[dict[str, Any]] = []
+    splits: dict[str, int] = {}
+    for split, items in files.items():
+        good = [(p, c) for p, c in items if str(p.relative_to(root)) not in bad]
+        splits[split] = len(good)
+        if split != "train":
+            continue
+        for c, name in enumerate(classes):
+            mine = [p for p, label in good if label == c]
+            thumbs = []
+            for i, path in enumerate(mine[:THUMBS]):
+                try:
+                    from PIL import Image
+
+                    with Image.open(path) as img:
+                        img.thumbnail((1024, 1024))
+                        _save_thumb(img.copy(), thumbs_dir / str(c) / f"{i}.png")
+                    thumbs.append(f"{base_url}/thumbs/{c}/{i}")
+                except Exception:  # noqa: BLE001 - the audit already lists files that cannot be read
+                    continue
+            per_class.append({"name": name, "count": len(mine), "thumbs": thumbs})
+    if why_not is None:
+        short = [c["name"] for c in per_class if c["count"] < 2]
+        if len(per_class) < 2:
+            why_not = "a classifier needs at least 2 classes (one folder of images per class)"
+        elif short:
+            why_not = (f"class(es) {', '.join(short)} have fewer than 2 readable images; add images or remove "
+                       "those folders")
+    return {"classes": per_class, "splits": splits, "rejected": rejected, "trainable": why_not is None,
+            "why_not": why_not}
+
+
+def summarise_builtin(name: str, thumbs_dir: Path, base_url: str) -> dict[str, Any]:
+    from pigeon.data import load_dataset
+
+    try:
+        ds = load_dataset(name, verbose=False)
+    except PigeonError as err:
+        raise ApiError(400, "bad_dataset", str(err)) from None
+    train = ds.splits["train"]
+    per_class = []
+    for c, cls in enumerate(ds.classes):
+        idx = np.flatnonzero(train.labels == c)
+        for i, j in enumerate(idx[:THUMBS]):
+            _save_thumb(_array_image(np.asarray(train.images[j])), thumbs_dir / str(c) / f"{i}.png")
+        per_class.append({"name": cls, "count": int(len(idx)), "thumbs": [f"{base_url}/thumbs/{c}/{i}"
+                                                                          for i in range(min(THUMBS, len(idx)))]})
+    return {"classes": per_class, "splits": {s: len(v.labels) for s, v in ds.splits.items()}, "rejected": [],
+            "trainable": True, "why_not": None}
+
+
+def create(home: Path, kind: str, name: str, source: str | Path, work: Path | None = None) -> dict[str, Any]:
+    """Summarise a dataset and return its record; `work` is the fresh folder an upload was unpacked into."""
+    dataset_id = work.name if work is not None else new_id()
+    base = f"/api/v1/datasets/{dataset_id}"
+    thumbs = home / "thumbs" / dataset_id
+    if kind == "builtin":
+        if source not in BUILTINS:
+            raise ApiError(422, "bad_parameter", f"builtin={source!r} is not a built-in dataset; choose one of "
+                           f"{', '.join(BUILTINS)}")
+        summary = summarise_builtin(str(source), thumbs, base)
+        path = str(source)
+    else:
+        root = Path(source).expanduser()
+        if not root.is_absolute():
+            raise ApiError(422, "bad_parameter", f"path={str(source)!r} must be an absolute folder path on the "
+                           "server, e.g. /data/xrays")
+        if not root.is_dir():
+            raise ApiError(404, "not_found", f"{root}: no such folder on the server")
+        with tempfile.TemporaryDirectory(dir=home) as audit_dir:
+            summary = summarise_folder(root, Path(audit_dir) / "audit", thumbs, base)
+        path = str(root)
+    return {"id": dataset_id, "name": name, "kind": kind, "path": path, "created": time.time(), **summary}
+
+
+def remove(home: Path, record: dict[str, Any]) -> None:
+    shutil.rmtree(home / "thumbs" / record["id"], ignore_errors=True)
+    if record["kind"] == "upload":
+        shutil.rmtree(home / "datasets" / record["id"], ignore_errors=True)

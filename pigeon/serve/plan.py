@@ -1,0 +1,67 @@
+"""The planned time of a training job, from a measured pace: a few real training steps of that model at
+that size and batch on this machine, timed after the first (which compiles kernels), cached per setting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+_paces: dict[tuple[str, int, int, int, int], float] = {}
+_lock = threading.Lock()
+STEPS = 4
+
+
+def pace(model_name: str, num_classes: int, channels: int, imgsz: int, batch: int) -> float:
+    """Training images per second on this machine's CPU/GPU, with pigeon's default precision."""
+    key = (model_name, num_classes, channels, imgsz, batch)
+    with _lock:
+        if key in _paces:
+            return _paces[key]
+    import torch
+
+    from pigeon.engine.device import amp_dtype, select_device
+    from pigeon.engine.train import train_step
+    from pigeon.models import create_model
+
+    device = select_device("auto")
+    model = create_model(model_name, num_classes=num_classes, in_chans=channels, imgsz=imgsz).to(device).train()
+    model = model.to(memory_format=torch.channels_last) if device.type != "mps" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(enabled=False)
+    amp = amp_dtype(device, "auto")
+    x = torch.randn(batch, channels, imgsz, imgsz, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    start = 0.0
+    for i in range(STEPS):
+        if i == 1:
+            start = time.perf_counter()
+        train_step(model, x, y, opt, scaler, 0.01, amp, 0.0, 0.0)
+    rate = (STEPS - 1) * batch / (time.perf_counter() - start)
+    with _lock:
+        _paces[key] = rate
+    return rate
+
+
+def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from pigeon.config import TrainConfig
+
+    defaults = TrainConfig.__dataclass_fields__
+    model = str(options.get("model") or defaults["model"].default)
+    epochs = int(options.get("epochs") or defaults["epochs"].default)
+    batch = int(options.get("batch") or defaults["batch"].default)
+    native = {"digits": (8, 1), "fashion-mnist": (28, 1)}.get(record["path"])
+    imgsz = int(options.get("imgsz") or (native[0] if native else 32))
+    channels = int(options.get("channels") or (native[1] if native else 3))
+    classes = max(2, len(record["classes"]))
+    train_images = int(record["splits"].get("train", 0))
+    if "val" not in record["splits"]:
+        train_images = round(train_images * (1 - float(options.get("val_fraction") or 0.1)))
+    rate = pace(model, classes, channels, imgsz, min(batch, max(2, train_images)))
+    seconds = epochs * train_images / rate
+    budget = options.get("time")
+    if budget:
+        seconds = min(seconds, float(budget) * 3600)
+    return {"seconds": round(seconds, 1), "images_per_second": round(rate, 1), "epochs": epochs,
+            "train_images": train_images, "imgsz": imgsz, "batch": batch, "source": "measured",
+            "note": "training steps only, timed on this machine now; validation adds a little per epoch"}
