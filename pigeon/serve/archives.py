@@ -111,6 +111,7 @@ def extract(archive: Path, dest: Path, caps: Caps) -> Path:
     # A zip of the folder itself holds one top folder: step into it (but never into train/, val/, test/).
     while True:
         entries = list(root.iterdir())
-        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in ("train", "val", "test"):
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in ("train", "val", "test") \
+                or not any(p.is_dir() for p in entries[0].iterdir()):  # a lone class folder stays a class
             return root
         root = entries[0]

@@ -60,6 +60,21 @@ def _rejected(report: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _outside_class_folders(root: Path, listed: set[str]) -> list[dict[str, str]]:
+    """Files with no class folder above them (the audit reports these for the flat layout only)."""
+    split_layout = (root / "train").is_dir()
+    out = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        parts = path.relative_to(root).parts
+        labelled = len(parts) >= 3 and parts[0] in ("train", "val", "test") if split_layout else len(parts) >= 2
+        rel = "/".join(parts)
+        if not labelled and rel not in listed:
+            out.append({"file": rel, "reason": "not inside a class folder, so it has no label; pigeon ignores it"})
+    return out
+
+
 def summarise_folder(root: Path, audit_dir: Path, thumbs_dir: Path, base_url: str) -> dict[str, Any]:
     """Classes, counts, thumbnails and rejected files of an image folder; trainable is pigeon's own verdict."""
     import pigeon
@@ -76,6 +91,7 @@ def summarise_folder(root: Path, audit_dir: Path, thumbs_dir: Path, base_url: st
         rejected = _rejected(audited.report)
     except PigeonError as err:
         why_not = why_not or str(err)
+    rejected += _outside_class_folders(root, {r["file"] for r in rejected})
     bad = {r["file"] for r in rejected if not r["reason"].startswith(("exact duplicate", "cross-split"))}
     per_class: list[dict[str, Any]] = []
     splits: dict[str, int] = {}
@@ -149,6 +165,8 @@ def create(home: Path, kind: str, name: str, source: str | Path, work: Path | No
         with tempfile.TemporaryDirectory(dir=home) as audit_dir:
             summary = summarise_folder(root, Path(audit_dir) / "audit", thumbs, base)
         path = str(root)
+        if kind == "upload" and summary["why_not"]:  # name the upload, not the folder it was unpacked into
+            summary["why_not"] = summary["why_not"].replace(path, name)
     return {"id": dataset_id, "name": name, "kind": kind, "path": path, "created": time.time(), **summary}
 
 
