@@ -58,8 +58,9 @@ def verbs(work: Path) -> list[tuple[str, list[str]]]:
                    "--imgsz", "16", "--batch", "16", *cpu]),
         ("models", ["models"]),
         ("models --filter", ["models", "--filter", "resnet1*"]),
-        # `serve` (with one predict request to a loopback port) goes here once it exists: start the server on
-        # 127.0.0.1 in a thread, POST one image, stop it; the loopback connection is allowed, nothing else.
+        # the app and the API on a loopback port: the page, a dataset, a training job in its child process,
+        # and a predict request (see _serve); the loopback connections are allowed, nothing else
+        ("serve", ["serve"]),
     ]
 
 
@@ -102,6 +103,55 @@ def _poll_thread_names(names: dict[int, str], stop: threading.Event) -> None:
         stop.wait(0.05)
 
 
+def _serve(work: Path) -> int:
+    """pigeon serve as a user meets it, driven over loopback HTTP: returns 0 when every call answered."""
+    import http.client
+
+    import uvicorn
+
+    from pigeon.config import ServeConfig
+    from pigeon.serve.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    best = work / "runs" / "t" / "weights" / "best.safetensors"
+    app = create_app(ServeConfig(home=str(work / "serve-home"), port=port, model=str(best), verbose=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+
+    def call(method: str, path: str, body: bytes | None = None, kind: str = "application/json") -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(method, path, body, {"Content-Type": kind, "X-CSRF-Token": app.state.ctx.csrf})
+        answer = conn.getresponse()
+        data = answer.read()
+        conn.close()
+        if answer.status >= 300:
+            raise RuntimeError(f"{method} {path}: {answer.status} {data[:300]!r}")
+        return json.loads(data) if answer.headers.get("content-type", "").startswith("application/json") else {}
+
+    try:
+        call("GET", "/")
+        dataset = call("POST", "/api/v1/datasets", json.dumps({"path": str(work / "data")}).encode())
+        job = call("POST", "/api/v1/jobs", json.dumps({"dataset": dataset["id"], "epochs": 1, "imgsz": 16,
+                                                        "batch": 16, "plots": False}).encode())
+        deadline = time.monotonic() + 120
+        while call("GET", f"/api/v1/jobs/{job['id']}")["state"] not in ("done", "failed"):
+            if time.monotonic() > deadline:
+                return 1
+            time.sleep(0.2)
+        image = next((work / "data" / "val").rglob("*.png")).read_bytes()
+        answer = call("POST", "/api/v1/predict", image, kind="image/png")
+        return 0 if answer["predictions"] and call("GET", f"/api/v1/jobs/{job['id']}")["state"] == "done" else 1
+    finally:
+        app.state.ctx.jobs.stopping.set()
+        server.should_exit = True
+        thread.join(30)
+
+
 def child(work: Path) -> None:
     from pigeon.cli import main
 
@@ -118,7 +168,7 @@ def child(work: Path) -> None:
     for label, argv in verbs(work):
         _mark(label)
         start = time.monotonic()
-        results[label] = main(argv)
+        results[label] = _serve(work) if label == "serve" else main(argv)
         seconds[label] = round(time.monotonic() - start, 2)
         if ort_since is None and "onnxruntime" in sys.modules:
             ort_since = time.monotonic()
