@@ -41,6 +41,7 @@ from pigeon.serve.store import Store
 STATIC = Path(__file__).parent / "static"
 MB = 1_000_000
 OTHER_BODY_CAP = 1 * MB  # JSON bodies of the non-upload routes
+INLINE_DECODE_BYTES = 32_000
 SET_BY_APP = ("data", "project", "name", "exist_ok", "resume", "verbose", "tensorboard", "mlflow")
 
 
@@ -223,11 +224,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     home.mkdir(parents=True, exist_ok=True)
     ctx = ServeContext(config, home, csrf=secrets.token_urlsafe(32))
     ctx.extras["metrics"] = metrics = _metrics()
+    ctx.extras["predicting"] = 0  # predict requests being handled now (the batcher's hint)
     ctx.store = Store(ctx.db_path)
 
     def make_batcher(run: Any) -> Batcher:
         return Batcher(run, config.max_batch, config.max_wait_ms, config.queue_limit,
-                       on_batch=metrics["batch"].observe, on_depth=metrics["queue"].set)
+                       on_batch=metrics["batch"].observe, on_depth=metrics["queue"].set,
+                       in_flight=lambda: ctx.extras["predicting"])
 
     ctx.models = ModelRegistry(make_batcher)
 
@@ -342,16 +345,26 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
         return ctx.models.list()
 
     async def predict(request: Request, model_id: str | None, top_k: int) -> dict[str, Any]:
+        ctx.extras["predicting"] += 1  # on the event loop only, so no lock is needed
+        try:
+            return await _predict(request, model_id, top_k)
+        finally:
+            ctx.extras["predicting"] -= 1
+
+    async def _predict(request: Request, model_id: str | None, top_k: int) -> dict[str, Any]:
         if top_k < 1:
             raise ApiError(422, "bad_parameter", f"top_k={top_k} must be at least 1")
         t0 = time.perf_counter()
-        model = await run_in_threadpool(ctx.models.get, model_id)
+        model = ctx.models.loaded(model_id) or await run_in_threadpool(ctx.models.get, model_id)
         raw = await _read_images(request, config)
         spec = model.clf.preprocess
         decode_ms, arrays = [], []
         for name, data in raw:
             t = time.perf_counter()
-            arrays.append(await run_in_threadpool(decode, data, name, spec, config.max_pixels))
+            # A small file decodes in well under a millisecond, less than a hop to a worker thread costs;
+            # larger ones go to a thread so the event loop keeps serving.
+            arrays.append(decode(data, name, spec, config.max_pixels) if len(data) < INLINE_DECODE_BYTES else
+                          await run_in_threadpool(decode, data, name, spec, config.max_pixels))
             decode_ms.append((time.perf_counter() - t) * 1000)
         t_inf = time.perf_counter()
         probs = await model.batcher.submit(np.stack(arrays))

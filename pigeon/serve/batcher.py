@@ -21,8 +21,11 @@ from pigeon.serve.errors import ApiError
 class Batcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait_ms: float,
                  queue_limit: int, on_batch: Callable[[int], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+                 on_depth: Callable[[int], None] | None = None, in_flight: Callable[[], int] | None = None) -> None:
         self._run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        # Requests the server is handling now: when every one of them is already in the batch, nothing else can
+        # join it, so a lone request (concurrency 1) runs at once instead of waiting max_wait_ms for company.
+        self._in_flight = in_flight
         self.queue_limit, self._on_batch, self._on_depth = queue_limit, on_batch, on_depth
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -55,6 +58,8 @@ class Batcher:
             count = len(batch[0][0])
             deadline = loop.time() + self.max_wait
             while count < self.max_batch:
+                if self._in_flight is not None and self._queue.empty() and self._in_flight() <= len(batch):
+                    break
                 try:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:

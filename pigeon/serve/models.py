@@ -90,6 +90,11 @@ class ModelRegistry:
             models = list(self._models.values())
         return [m.describe(self.default_id) for m in models]
 
+    def loaded(self, model_id: str | None) -> ServedModel | None:
+        """The model if it is loaded already (no thread hop needed), else None."""
+        model = self._models.get(self.default_id if model_id is None else model_id)  # type: ignore[arg-type]
+        return model if model is not None and model.clf is not None else None
+
     def get(self, model_id: str | None) -> ServedModel:
         """The model with this id (None: the default), loaded and warm."""
         if model_id is None:

@@ -155,3 +155,18 @@ def test_requests_that_arrive_together_run_as_one_batch(make_client: Any, checkp
     metrics = client.get("/metrics").text
     assert 'pigeon_requests_total{route="/api/v1/predict",status="200"}' in metrics
     assert "pigeon_queue_depth 0.0" in metrics
+
+
+def test_an_onnx_export_is_served_too(make_client: Any, checkpoint: Path, tmp_path: Path,
+                                      digit_pngs: list[tuple[int, bytes]]) -> None:
+    import pigeon
+
+    onnx = pigeon.export(str(checkpoint), format="onnx", out=str(tmp_path / "model.onnx"), check=False,
+                         verbose=False).path
+    client = make_client(model=str(onnx))
+    _wait_ready(client)
+    assert client.get("/api/v1/models").json()[0]["format"] == "onnx"
+    files = [("file", (f"{i}.png", digit_pngs[i][1], "image/png")) for i in range(3)]
+    served = client.post("/api/v1/predict", files=files).json()["predictions"]
+    expected = pigeon.load(onnx).predict([digit_pngs[i][1] for i in range(3)])
+    assert [p["top"][0]["label"] for p in served] == [e.label for e in expected]
