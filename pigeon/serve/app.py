@@ -419,10 +419,9 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
     @api.get("/train-options", tags=["train"])
     async def train_options() -> dict[str, Any]:
         """Model names this server can train, the built-in datasets, and pigeon's defaults."""
-        import pigeon
-        from pigeon.models import zoo
+        from pigeon.models import list_models, zoo
 
-        names = list(pigeon.list_models())
+        names = list(list_models())
         extra = {"timm": ["timm:resnet18", "timm:mobilenetv3_small_100", "timm:efficientnet_b0"],
                  "tv": ["tv:resnet18", "tv:mobilenet_v3_small"]}
         for prefix, more in extra.items():

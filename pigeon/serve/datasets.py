@@ -77,7 +77,7 @@ def _outside_class_folders(root: Path, listed: set[str]) -> list[dict[str, str]]
 
 def summarise_folder(root: Path, audit_dir: Path, thumbs_dir: Path, base_url: str) -> dict[str, Any]:
     """Classes, counts, thumbnails and rejected files of an image folder; trainable is pigeon's own verdict."""
-    import pigeon
+    from pigeon import api
     from pigeon.data.folders import scan
 
     why_not = None
@@ -87,7 +87,7 @@ def summarise_folder(root: Path, audit_dir: Path, thumbs_dir: Path, base_url: st
         classes, files, why_not = (), {}, str(err)
     rejected: list[dict[str, str]] = []
     try:
-        audited = pigeon.audit(str(root), label_check=False, out=str(audit_dir), thumbnails=0, verbose=False)
+        audited = api.audit(str(root), label_check=False, out=str(audit_dir), thumbnails=0, verbose=False)
         rejected = _rejected(audited.report)
     except PigeonError as err:
         why_not = why_not or str(err)

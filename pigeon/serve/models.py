@@ -112,10 +112,10 @@ class ModelRegistry:
         return model
 
     def _load(self, model: ServedModel) -> None:
-        import pigeon
+        from pigeon import api
 
         try:
-            clf = pigeon.load(model.path)
+            clf = api.load(model.path)
         except Exception as err:  # noqa: BLE001 - the error goes to the client and to /readyz
             model.error = f"{type(err).__name__}: {err}"
             raise ApiError(503, "not_ready", f"model {model.id} could not be loaded: {model.error}") from None

@@ -38,12 +38,12 @@ def _read_json(path: Path) -> Any:
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    import pigeon
+    from pigeon import api
 
     if not runs_dir.is_dir():
         return []
     out = []
-    for run in pigeon.runs(str(runs_dir)):
+    for run in api.runs(str(runs_dir)):
         run = {k: v for k, v in run.items() if k not in ("config", "rows")}
         run["best"] = (Path(run["path"]) / "weights" / "best.safetensors").is_file()
         out.append(run)
@@ -97,11 +97,11 @@ def _val_predictions(folder: Path) -> dict[str, Any]:
     with _lock:
         if key in _predictions:
             return _predictions[key]
-    import pigeon
+    from pigeon import api
     from pigeon.data import load_dataset, with_validation
 
     cfg = json.loads((folder / "config.json").read_text())
-    clf = pigeon.load(best)
+    clf = api.load(best)
     spec = clf.preprocess
     ds = with_validation(load_dataset(cfg["data"], imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize,
                                       cache_dir=cfg.get("cache_dir"), verbose=False), cfg["val_fraction"],
@@ -166,7 +166,7 @@ def file_path(runs_dir: Path, name: str, rel: str) -> Path:
 
 
 def export(runs_dir: Path, name: str, fmt: str, int8: bool) -> dict[str, Any]:
-    import pigeon
+    from pigeon import api
     from pigeon.errors import PigeonError
 
     folder = run_dir(runs_dir, name)
@@ -174,7 +174,7 @@ def export(runs_dir: Path, name: str, fmt: str, int8: bool) -> dict[str, Any]:
     if not best.is_file():
         raise ApiError(409, "conflict", f"run {name} has no best.safetensors to export yet")
     try:
-        result = pigeon.export(str(best), format=fmt, int8=int8, verbose=False)
+        result = api.export(str(best), format=fmt, int8=int8, verbose=False)
     except PigeonError as err:
         raise ApiError(422, "export_failed", str(err)) from None
     path = Path(result.path)
