@@ -48,6 +48,8 @@ def images(tmp_path: Path) -> list[Path]:
     ("runs", ["--project", "--sort", "--json"]),
     ("compare", ["RUN", "--out"]),
     ("tune", ["--data", "--time", "--trials", "--space", "--pruner", "--no-final", "--name", "--epochs", "--lr"]),
+    ("serve", ["--home", "--model", "--host", "--port", "--token", "--allow-host", "--max-batch", "--max-wait-ms",
+               "--max-upload-mb", "--max-pixels", "--jobs"]),
 ])
 def test_help_for_each_verb(verb: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -64,7 +66,7 @@ def test_top_level_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> N
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert all(verb in out for verb in ("train", "val", "predict", "models"))
+    assert all(verb in out for verb in ("train", "val", "predict", "models", "serve"))
     assert main([]) == 2  # no verb: the help, and a failure code
     assert "usage: pigeon" in capsys.readouterr().out
 
