@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 _paces: dict[tuple[str, int, int, int, int], float] = {}
@@ -43,6 +44,29 @@ def pace(model_name: str, num_classes: int, channels: int, imgsz: int, batch: in
     return rate
 
 
+def _folder_default(root: Path) -> tuple[int, int]:
+    """The size and channels `pigeon train` would pick for this folder, from image headers only."""
+    from PIL import Image
+
+    from pigeon.data import folder_imgsz
+    from pigeon.data.folders import scan
+
+    try:
+        imgsz, _ = folder_imgsz(root)
+        _, files, _ = scan(root)
+    except Exception:  # noqa: BLE001 - a folder that would not train gets no plan anyway
+        return 32, 3
+    sample = files["train"][:: max(1, len(files["train"]) // 20)][:20]
+    modes = set()
+    for path, _ in sample:
+        try:
+            with Image.open(path) as img:
+                modes.add(img.mode)
+        except Exception:  # noqa: BLE001 - unreadable files are the audit's to report
+            continue
+    return imgsz, 1 if modes and modes <= {"L", "LA", "I;16", "I", "1"} else 3
+
+
 def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     from pigeon.config import TrainConfig
 
@@ -50,9 +74,9 @@ def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     model = str(options.get("model") or defaults["model"].default)
     epochs = int(options.get("epochs") or defaults["epochs"].default)
     batch = int(options.get("batch") or defaults["batch"].default)
-    native = {"digits": (8, 1), "fashion-mnist": (28, 1)}.get(record["path"])
-    imgsz = int(options.get("imgsz") or (native[0] if native else 32))
-    channels = int(options.get("channels") or (native[1] if native else 3))
+    native = {"digits": (8, 1), "fashion-mnist": (28, 1)}.get(record["path"]) or _folder_default(Path(record["path"]))
+    imgsz = int(options.get("imgsz") or native[0])
+    channels = int(options.get("channels") or native[1])
     classes = max(2, len(record["classes"]))
     train_images = int(record["splits"].get("train", 0))
     if "val" not in record["splits"]:

@@ -173,7 +173,8 @@ function schedulePlan() {
     try {
       const p = await api("/api/v1/plan", { method: "POST", json: { dataset: state.dataset.id, ...trainOptions() } });
       $("#plan").textContent = `Planned: about ${fmtSeconds(p.seconds)} of training (${p.epochs} epochs × ` +
-        `${p.train_images} images at ${Math.round(p.images_per_second)} images/s measured now, ${p.imgsz} px, batch ${p.batch}).`;
+        `${p.train_images} images at ${Math.round(p.images_per_second)} images/s measured now, ${p.imgsz} px, batch ${p.batch}); ` +
+        "starting the job, validation and the final report add some seconds.";
     } catch (err) { $("#plan").textContent = "No plan: " + err.message; }
   }, 300);
 }
