@@ -9,7 +9,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data tools browser demo test serve lint bench clean
+.PHONY: install data tools browser demo test test-slow serve lint bench clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ demo: install data
 
 test: install data tools browser
 	$(BIN)/python -m pytest -q
+
+# The benchmark scripts' smoke runs (about a minute), kept out of `make test` to hold it under 5 minutes.
+test-slow: install data
+	$(BIN)/python -m pytest -q -m slow
 
 # The app and REST API at http://127.0.0.1:8000 (Ctrl-C stops it; runs and datasets are kept).
 serve: install

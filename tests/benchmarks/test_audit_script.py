@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "audit.py"
 
 
+# A benchmark's smoke run, 7-12 s: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_audit_benchmark_quick_mode_scores_the_planted_issues(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, check=True,
                          timeout=300, cwd=tmp_path).stdout

@@ -11,9 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+# A benchmark's smoke run, 7-12 s: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_defaults_grid_quick_mode_trains_each_setting(tmp_path: Path) -> None:
     out = tmp_path / "defaults.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "defaults.py"), "--quick", "--out", str(out)],

@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# A benchmark's smoke run, 7-12 s: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_gpu_script_quick_mode_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

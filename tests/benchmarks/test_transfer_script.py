@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "transfer.py"
 
 
+# A benchmark's smoke run, 7-12 s: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_transfer_benchmark_quick_mode_compares_scratch_and_fine_tuned(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, check=True,
                          timeout=600, cwd=tmp_path).stdout

@@ -12,6 +12,8 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tune.py"
 
 
+# A benchmark's smoke run, 7-12 s: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_tune_benchmark_quick_mode_compares_tuned_with_defaults(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, check=True,
