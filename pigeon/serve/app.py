@@ -292,7 +292,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if default is None:
             return _json(ApiError(503, "not_ready", "no model is served: start pigeon serve with --model PATH"))
         model = ctx.models._models[default]
-        if not model.warm:
+        if model.clf is None:
             why = model.error or "the model is still loading"
             return _json(ApiError(503, "not_ready", why, headers={"Retry-After": "1"}))
         return JSONResponse({"ready": True, "model": default})
@@ -438,10 +438,7 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
         """A zip upload (multipart `file`, or the raw zip body), or JSON {"builtin": name} / {"path": folder}."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise ApiError(422, "bad_parameter", 'send {"builtin": "digits"} or {"path": "/folder"}') from None
+            body = await _json_body(request)
             if "builtin" in body:
                 record = await run_in_threadpool(datasets.create, ctx.home, "builtin", str(body["builtin"]),
                                                  str(body["builtin"]))

@@ -29,22 +29,24 @@ def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def _save_thumb(image: Any, path: Path) -> None:
+def thumbnail(image: Any) -> Any:
+    """A PIL image or a uint8 [C, H, W] array as a picture a person can see: at most THUMB_SIDE px, and tiny
+    images (8x8 digits) blown up, pixel for pixel."""
     from PIL import Image
 
-    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0)))
+    img = image.convert("RGB") if image.mode not in ("L", "RGB") else image
     scale = THUMB_SIDE / max(img.size)
-    if scale < 1 or max(img.size) < 32:  # tiny images (8x8 digits) are blown up so a person can see them
+    if scale < 1 or max(img.size) < 32:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST
                          if max(img.size) < 32 else Image.BILINEAR)
+    return img
+
+
+def _save_thumb(image: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
-def _array_image(arr: np.ndarray) -> np.ndarray:
-    """uint8 [C, H, W] -> [H, W] or [H, W, C] for PIL."""
-    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+    thumbnail(image).save(path)
 
 
 def _rejected(report: dict[str, Any]) -> list[dict[str, str]]:
@@ -137,7 +139,7 @@ def summarise_builtin(name: str, thumbs_dir: Path, base_url: str) -> dict[str, A
     for c, cls in enumerate(ds.classes):
         idx = np.flatnonzero(train.labels == c)
         for i, j in enumerate(idx[:THUMBS]):
-            _save_thumb(_array_image(np.asarray(train.images[j])), thumbs_dir / str(c) / f"{i}.png")
+            _save_thumb(np.asarray(train.images[j]), thumbs_dir / str(c) / f"{i}.png")
         per_class.append({"name": cls, "count": int(len(idx)), "thumbs": [f"{base_url}/thumbs/{c}/{i}"
                                                                           for i in range(min(THUMBS, len(idx)))]})
     return {"classes": per_class, "splits": {s: len(v.labels) for s, v in ds.splits.items()}, "rejected": [],

@@ -35,7 +35,6 @@ class ServedModel:
     name: str
     clf: Any = None  # pigeon Classifier, once loaded
     batcher: Any = None
-    warm: bool = False
     error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,7 +120,7 @@ class ModelRegistry:
             raise ApiError(503, "not_ready", f"model {model.id} could not be loaded: {model.error}") from None
         spec = clf.preprocess
         clf.probabilities(np.zeros((1, spec.channels, spec.imgsz, spec.imgsz), np.uint8))  # warm up the kernels
-        model.clf, model.warm, model.error = clf, True, None
+        model.clf, model.error = clf, None  # loaded and warm: /readyz answers 200 from here on
         model.batcher = self._make_batcher(clf.probabilities)
 
     def close(self) -> None:

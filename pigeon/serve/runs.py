@@ -8,7 +8,6 @@ very images it counts.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import threading
@@ -61,13 +60,13 @@ def files_of(folder: Path, name: str) -> list[dict[str, Any]]:
 
 
 def detail(runs_dir: Path, name: str) -> dict[str, Any]:
+    from pigeon.experiments import is_run, read_run
+
     folder = run_dir(runs_dir, name)
-    rows = []
-    if (folder / "results.csv").is_file():
-        with open(folder / "results.csv", newline="") as f:
-            rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    # the same reading as `pigeon runs` and `pigeon compare`; a job before its first epoch has no rows yet
+    run = read_run(folder) if is_run(folder) else {"config": _read_json(folder / "config.json") or {}, "rows": []}
+    rows, config = run["rows"], run["config"]
     summary = _read_json(folder / "summary.json") or {}
-    config = _read_json(folder / "config.json") or {}
     report = summary.get("val_report") or summary.get("test_report")
     classes = None
     meta = _read_json(folder / "weights" / "best.meta.json")
@@ -76,16 +75,6 @@ def detail(runs_dir: Path, name: str) -> dict[str, Any]:
     return {"name": name, "path": str(folder), "config": config, "rows": rows, "summary": summary,
             "report": report, "report_split": "val" if summary.get("val_report") else "test",
             "classes": classes, "files": files_of(folder, name), "finished": bool(summary)}
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text or None
 
 
 def _val_predictions(folder: Path) -> dict[str, Any]:
@@ -143,17 +132,13 @@ def cell(runs_dir: Path, name: str, true: int, pred: int, limit: int) -> list[di
 
 
 def image_png(runs_dir: Path, name: str, index: int) -> bytes:
-    from PIL import Image
+    from pigeon.serve.datasets import thumbnail
 
     p = _val_predictions(run_dir(runs_dir, name))
     if not 0 <= index < len(p["images"]):
         raise ApiError(404, "not_found", f"run {name} has {len(p['images'])} {p['split']} images; no index {index}")
-    arr = p["images"][index]
-    img = Image.fromarray(arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0)))
-    if max(img.size) < 96:
-        img = img.resize((96 * img.width // max(img.size), 96 * img.height // max(img.size)), Image.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    thumbnail(p["images"][index]).save(buf, format="PNG")
     return buf.getvalue()
 
 

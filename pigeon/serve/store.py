@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY, created REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, state TEXT NOT NULL, run TEXT NOT NULL,
     run_dir TEXT NOT NULL, options TEXT NOT NULL, dataset TEXT, started REAL, ended REAL, error TEXT,
-    pid INTEGER, resume INTEGER NOT NULL DEFAULT 0, epoch INTEGER, epochs INTEGER);
+    pid INTEGER, resume INTEGER NOT NULL DEFAULT 0);
 """
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
