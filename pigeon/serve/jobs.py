@@ -154,6 +154,15 @@ class JobRunner:
     def _reap(self) -> None:
         with self._lock:
             finished = [(i, p) for i, p in self._children.items() if p.poll() is not None]
+            ours = set(self._children)
+        # A worker that outlived an earlier server (a crash, or a second server on this home) is not our child:
+        # there is no exit status to read, so its own events say how it ended once its process is gone.
+        for job in self.store.jobs("running"):
+            if job["id"] not in ours and job["pid"] and not _alive(job["pid"]):
+                ended = any(e.get("event") == "done" for _, e in read_events(Path(job["run_dir"]), 0))
+                self.store.update_job(job["id"], state="done" if ended else "interrupted", ended=time.time(),
+                                      pid=None, error=None if ended else "the training process ended while no "
+                                      "server watched it; Resume continues from its last finished epoch")
         for job_id, proc in finished:
             if self.stopping.is_set():
                 return  # stop() records these as interrupted

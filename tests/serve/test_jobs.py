@@ -184,3 +184,34 @@ def test_tabs_writing_at_once_never_corrupt_the_records(tmp_path: Path, writers:
     assert len(jobs) == 100 and len({j["run"] for j in jobs}) == 100  # every job got its own run folder name
     assert len(store.datasets()) == 100
     assert sqlite3.connect(tmp_path / "pigeon.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_worker_that_outlived_its_server_is_accounted_for_when_it_ends(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pigeon.serve.jobs import JobRunner
+    from pigeon.serve.store import Store
+
+    store = Store(tmp_path / "pigeon.db")
+    runner = JobRunner(store, tmp_path / "runs", slots=1)
+    workers = []
+    for ended_well in (True, False):
+        job = store.add_job({"data": "digits"}, None, tmp_path / "runs", "pigeon-n")
+        run_dir = Path(job["run_dir"])
+        run_dir.mkdir(parents=True)
+        if ended_well:
+            (run_dir / "events.jsonl").write_text(json.dumps({"event": "done"}) + "\n")
+        # a stand-in whose command line names the worker, alive when this server starts
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)", "pigeon.serve.worker"])
+        store.update_job(job["id"], state="running", pid=proc.pid)
+        workers.append((job["id"], proc, "done" if ended_well else "interrupted"))
+    runner.start()
+    try:
+        assert [store.job(i)["state"] for i, _, _ in workers] == ["running", "running"]  # still training
+        for job_id, proc, expected in workers:
+            proc.wait(30)
+            assert _until(lambda: store.job(job_id)["state"] != "running", 30) and \
+                store.job(job_id)["state"] == expected  # noqa: B023 - waited on now
+    finally:
+        runner.stop()
