@@ -1,5 +1,6 @@
 # Two commands from a fresh Debian/Ubuntu machine with Python 3.10+:
-#   make demo   install, train on Fashion-MNIST (a 0.04 h = 144 s budget), predict on a few test images
+#   make demo   install, train on Fashion-MNIST with the recipe for this CPU within a 0.04 h = 144 s budget,
+#               predict on a few test images
 #   make test   install, run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,7 +38,7 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; fi
 
 demo: install data
-	$(BIN)/pigeon train --data fashion-mnist --model pigeon-n --epochs 10 --time 0.04 --project runs/train --name demo --exist-ok
+	$(BIN)/pigeon train --data fashion-mnist --time 0.04 --project runs/train --name demo --exist-ok
 	$(BIN)/python examples/fashion_samples.py --out runs/demo-samples --count 8
 	$(BIN)/pigeon predict --model runs/train/demo/weights/best.safetensors --source runs/demo-samples --top-k 3
 

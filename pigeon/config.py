@@ -62,10 +62,10 @@ class TrainConfig:
     """Everything a training run depends on. `None` means "choose from the data or model"."""
 
     data: str = ""
-    model: str = "pigeon-n"
+    model: str = "auto"  # the recipe for the device (pigeon.engine.recipe); a pigeon checkpoint's own with weights
     weights: str | None = None
-    epochs: int = 10
-    batch: int = 128
+    epochs: int | None = None  # None: the recipe's
+    batch: int | None = None  # None: the recipe's
     imgsz: int | None = None
     channels: int | None = None
     resize: str = "crop"

@@ -62,6 +62,12 @@ def _weight_decay(trial: Any, base: TrainConfig, native: int) -> float:
     return float(trial.suggest_float("weight_decay", lo, hi, log=True))
 
 
+def _epochs(base: TrainConfig) -> int:
+    from pigeon.engine.recipe import recipe_for
+
+    return base.epochs or recipe_for(base.device, base.amp).epochs
+
+
 def imgsz_choices(native: int) -> list[int]:
     return sorted({min(1024, max(8, round(native * f))) for f in (0.5, 1.0, 1.5, 2.0)})
 
@@ -73,13 +79,13 @@ SPACE: dict[str, Any] = {
     "batch": lambda t, b, n: t.suggest_categorical("batch", [32, 64, 128, 256]),
     "model": lambda t, b, n: t.suggest_categorical("model", ["pigeon-n", "pigeon-s", "pigeon-m"]),
     "imgsz": lambda t, b, n: t.suggest_categorical("imgsz", imgsz_choices(n)),
-    "epochs": lambda t, b, n: t.suggest_int("epochs", max(1, b.epochs // 2), b.epochs * 2),
+    "epochs": lambda t, b, n: t.suggest_int("epochs", max(1, _epochs(b) // 2), _epochs(b) * 2),
 }
 SPACE_HELP = {"lr": "log-uniform 0.01-0.5 (sgd) or 1e-4-1e-2 (adamw)",
               "weight_decay": "log-uniform 1e-5-1e-2 (sgd) or 1e-3-0.3 (adamw)",
               "label_smoothing": "uniform 0-0.3", "batch": "32, 64, 128 or 256", "model": "pigeon-n, -s or -m",
               "imgsz": "0.5x, 1x, 1.5x or 2x the data's (or --imgsz's) size",
-              "epochs": "an integer from half to twice --epochs"}
+              "epochs": "an integer from half to twice --epochs (or the recipe's)"}
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ SHARED_RUN = {"epochs": 3, "batch": 64, "amp": "off", "device": "cpu", "seed": 0
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder of pigeon-n trained on the digits built-in with SHARED_RUN (trained once per session)."""
+    """The run folder of the default model (pigeon-p on a CPU) trained on digits with SHARED_RUN, once per session."""
     import pigeon
 
     base = tmp_path_factory.getbasetemp()

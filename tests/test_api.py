@@ -37,7 +37,7 @@ def test_val_reproduces_the_training_test_report(digits_run: Path, tmp_path: Pat
     assert report["confusion"] == summary["test_report"]["confusion"]
     assert report["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
     run_dir = Path(report["run_dir"])
-    assert run_dir == tmp_path / "val" / "pigeon-n-digits"
+    assert run_dir == tmp_path / "val" / "pigeon-p-digits"
     written = json.loads((run_dir / "report.json").read_text())
     assert written["top1"] == report["top1"] and written["split"] == "test"
     with Image.open(run_dir / "confusion_matrix.png") as img:
@@ -98,4 +98,4 @@ def test_load_gives_a_ready_classifier(digits_run: Path) -> None:
     assert clf.classes == tuple(str(d) for d in range(10))
     assert (clf.preprocess.imgsz, clf.preprocess.channels) == (8, 1)
     assert not clf.model.training
-    assert clf.meta["model"] == "pigeon-n"
+    assert clf.meta["model"] == "pigeon-p"

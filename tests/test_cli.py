@@ -309,7 +309,7 @@ def test_export_refusals(best: str, tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main(["export", "--model", best, "--imgsz", "16", "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("ExportError: pigeon-n changes its layout between 8 and 16 px") and err.count("\n") == 1
+    assert err.startswith("ExportError: pigeon-p changes its layout between 8 and 16 px") and err.count("\n") == 1
 
     (tmp_path / "model.pt").write_bytes(b"never read")
     assert main(["export", "--model", str(tmp_path / "model.pt")]) == 1

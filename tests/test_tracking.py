@@ -69,7 +69,7 @@ def test_mlflow_local_store_holds_params_metrics_and_artefacts(tracked_run: tupl
     experiment = client.get_experiment_by_name("pigeon")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "t"
-    assert run.data.params["epochs"] == "2" and run.data.params["model"] == "pigeon-n"
+    assert run.data.params["epochs"] == "2" and run.data.params["model"] == "pigeon-p"
     history = client.get_metric_history(run.info.run_id, "val_top1")
     assert [m.step for m in history] == [1, 2]
     assert run.data.metrics["final_test_top1"] == pytest.approx(pigeon.runs(run_dir.parent)[0]["test_top1"])

@@ -27,7 +27,8 @@ from pigeon.engine import checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
-from pigeon.engine.pretrained import fit_weights, read_weights
+from pigeon.engine.pretrained import Weights, fit_weights, read_weights
+from pigeon.engine.recipe import AUTO_MODEL, default_recipe, describe
 from pigeon.engine.schedule import ema_decay_for, lr_at
 from pigeon.errors import CheckpointError, ConfigError
 from pigeon.io import atomic_path, atomic_write_text, write_json
@@ -70,6 +71,24 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
         amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
         channels_last=cfg.channels_last if cfg.channels_last is not None else device.type != "mps",
         device=str(device))
+
+
+def apply_recipe(cfg: TrainConfig, device: torch.device, weights: Weights | None,
+                 train_images: int | None = None) -> tuple[TrainConfig, str]:
+    """Fill model (when "auto"), epochs and batch (when None) from the device's recipe; with a pigeon checkpoint
+    in `weights`, the model is the checkpoint's own. Returns the config and the line that says what was chosen."""
+    recipe = default_recipe(device, amp_dtype(device, cfg.amp), train_images)
+    model = cfg.model
+    if model == AUTO_MODEL and weights is not None:
+        if not weights.model:
+            raise ConfigError(f"weights={weights.source!r} does not say which architecture it was saved from; name "
+                              "it with --model (e.g. --model tv:resnet18 or --model timm:resnet18)")
+        model = weights.model
+    chosen = {"model": cfg.model == AUTO_MODEL and weights is None, "epochs": cfg.epochs is None,
+              "batch": cfg.batch is None}
+    cfg = dataclasses.replace(cfg, model=recipe.model if chosen["model"] else model,
+                              epochs=cfg.epochs or recipe.epochs, batch=cfg.batch or recipe.batch)
+    return cfg, describe(recipe, chosen)
 
 
 def _flip_hint(ds: Dataset, fliplr: float) -> str | None:
@@ -210,15 +229,17 @@ def train(cfg: TrainConfig, events: Events | None = None) -> TrainResult:
 
 def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     t0 = time.perf_counter()
-    check_model_name(cfg.model)
+    if cfg.model != AUTO_MODEL:
+        check_model_name(cfg.model)
     say = print if cfg.verbose else (lambda *a, **k: None)
+    device = select_device(cfg.device)
     # Fail before decoding any data. A resumed run has its weights in its state already.
     weights = read_weights(cfg.weights, cfg.model) if cfg.weights and not cfg.resume else None
+    apply_recipe(cfg, device, weights)  # refuses model auto with weights that do not name their model
     if weights is not None and weights.preprocess and cfg.imgsz is None:
         # pigeon's layout depends on the input size, so its checkpoints fine-tune at the size they learnt
         cfg = dataclasses.replace(cfg, imgsz=int(weights.preprocess["imgsz"]))
         say(f"note: imgsz {cfg.imgsz} follows the checkpoint in --weights; set --imgsz to change it")
-    device = select_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -227,6 +248,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     ds = load_dataset(cfg.data, imgsz=cfg.imgsz, channels=cfg.channels, resize=cfg.resize,
                       cache_dir=cfg.cache_dir, verbose=cfg.verbose)
     ds = with_validation(ds, cfg.val_fraction, cfg.seed)
+    cfg, recipe_note = apply_recipe(cfg, device, weights, len(ds.splits["train"]))
     if cfg.patience and "val" not in ds.splits:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
@@ -242,7 +264,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     hint = _flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume else None
-    for note in (*ds.notes, *([hint] if hint else [])):
+    for note in (*([recipe_note] if recipe_note else []), *ds.notes, *([hint] if hint else [])):
         say(f"note: {note}")
     if ds.skipped:
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))

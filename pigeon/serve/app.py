@@ -419,9 +419,10 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
     @api.get("/train-options", tags=["train"])
     async def train_options() -> dict[str, Any]:
         """Model names this server can train, the built-in datasets, and pigeon's defaults."""
+        from pigeon.engine.recipe import AUTO_MODEL, recipe_for
         from pigeon.models import list_models, zoo
 
-        names = list(list_models())
+        names = [AUTO_MODEL, *list_models()]
         extra = {"timm": ["timm:resnet18", "timm:mobilenetv3_small_100", "timm:efficientnet_b0"],
                  "tv": ["tv:resnet18", "tv:mobilenet_v3_small"]}
         for prefix, more in extra.items():
@@ -430,8 +431,11 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
         fields = TrainConfig.__dataclass_fields__
         keys = ("model", "epochs", "imgsz", "batch", "lr", "weight_decay", "fliplr", "translate", "erase",
                 "label_smoothing", "val_fraction", "weights", "time", "seed")
+        recipe = recipe_for()
         return {"models": names, "builtins": list(datasets.BUILTINS),
-                "defaults": {k: fields[k].default for k in keys}}
+                "defaults": {k: fields[k].default for k in keys},
+                "recipe": {"kind": recipe.kind, "model": recipe.model, "epochs": recipe.epochs,
+                           "batch": recipe.batch, "why": recipe.why}}
 
     @api.post("/datasets", tags=["data"], status_code=201)
     async def add_dataset(request: Request) -> dict[str, Any]:

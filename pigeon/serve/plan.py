@@ -68,12 +68,8 @@ def _folder_default(root: Path) -> tuple[int, int]:
 
 
 def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    from pigeon.config import TrainConfig
+    from pigeon.engine.recipe import AUTO_MODEL, recipe_for
 
-    defaults = TrainConfig.__dataclass_fields__
-    model = str(options.get("model") or defaults["model"].default)
-    epochs = int(options.get("epochs") or defaults["epochs"].default)
-    batch = int(options.get("batch") or defaults["batch"].default)
     native = {"digits": (8, 1), "fashion-mnist": (28, 1)}.get(record["path"]) or _folder_default(Path(record["path"]))
     imgsz = int(options.get("imgsz") or native[0])
     channels = int(options.get("channels") or native[1])
@@ -81,11 +77,16 @@ def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     train_images = int(record["splits"].get("train", 0))
     if "val" not in record["splits"]:
         train_images = round(train_images * (1 - float(options.get("val_fraction") or 0.1)))
+    recipe = recipe_for(str(options.get("device") or "auto"), str(options.get("amp") or "auto"), train_images)
+    model = str(options.get("model") or AUTO_MODEL)
+    model = recipe.model if model == AUTO_MODEL else model
+    epochs = int(options.get("epochs") or recipe.epochs)
+    batch = int(options.get("batch") or recipe.batch)
     rate = pace(model, classes, channels, imgsz, min(batch, max(2, train_images)))
     seconds = epochs * train_images / rate
     budget = options.get("time")
     if budget:
         seconds = min(seconds, float(budget) * 3600)
-    return {"seconds": round(seconds, 1), "images_per_second": round(rate, 1), "epochs": epochs,
+    return {"seconds": round(seconds, 1), "images_per_second": round(rate, 1), "model": model, "epochs": epochs,
             "train_images": train_images, "imgsz": imgsz, "batch": batch, "source": "measured",
             "note": "training steps only, timed on this machine now; validation adds a little per epoch"}

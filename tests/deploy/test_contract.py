@@ -24,7 +24,7 @@ from pigeon.errors import CheckpointError
 
 @pytest.fixture(scope="module")
 def meta(digits_run: Path) -> dict[str, Any]:
-    """The shared digits checkpoint's metadata (pigeon-n, 10 classes, 8 px grayscale)."""
+    """The shared digits checkpoint's metadata (pigeon-p, 10 classes, 8 px grayscale)."""
     return read(digits_run / "weights" / "best.safetensors")[1]
 
 
@@ -51,7 +51,7 @@ def with_props(path: Path, props: dict[str, str]) -> Path:
 def test_contract_records_everything_needed(meta: dict[str, Any]) -> None:
     contract = make_contract(meta, "onnx", "fp32", 8, False, "w/best.safetensors")
     assert (contract["format"], contract["format_version"]) == (FORMAT, 1) == ("pigeon-export", 1)
-    assert (contract["runtime"], contract["precision"], contract["model"]) == ("onnx", "fp32", "pigeon-n")
+    assert (contract["runtime"], contract["precision"], contract["model"]) == ("onnx", "fp32", "pigeon-p")
     assert contract["classes"] == meta["classes"] == list("0123456789")
     assert contract["preprocess"] == meta["preprocess"]
     assert set(contract["preprocess"]) == {"imgsz", "channels", "resize", "mean", "std"}

@@ -23,7 +23,7 @@ from pigeon.errors import CheckpointError, ConfigError, ExportError
 
 @pytest.fixture
 def ckpt(digits_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the shared digits checkpoint (pigeon-n at 8 px, 10 classes), alone in its folder, so
+    """A private copy of the shared digits checkpoint (pigeon-p at 8 px, 10 classes), alone in its folder, so
     exports written beside it never touch the shared run."""
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -257,8 +257,8 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_size_that_changes_the_layout_is_refused(ckpt: Path) -> None:
-    """pigeon-n trained at 8 px: at 16 px and above it pools first, a different set of layers."""
-    with pytest.raises(ExportError, match="pigeon-n changes its layout between 8 and 16 px"):
+    """pigeon-p trained at 8 px: at 16 px and above it pools first, a different set of layers."""
+    with pytest.raises(ExportError, match="pigeon-p changes its layout between 8 and 16 px"):
         pigeon.export(ckpt, imgsz=16, verbose=False)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.meta.json", "best.safetensors"]
 

@@ -74,7 +74,7 @@ def test_contract_round_trip(name: str, weights: Path, exports: dict[str, Export
     assert contract == result.contract  # what the file carries is what export returned, parity included
     assert contract["classes"] == meta["classes"] == list("0123456789")
     assert contract["preprocess"] == meta["preprocess"]
-    assert contract["model"] == meta["model"] == "pigeon-n"
+    assert contract["model"] == meta["model"] == "pigeon-p"
     assert contract["source"] == {"checkpoint": str(weights), "sha256": meta["sha256"]}
     assert contract["precision"] == ("int8" if name == "onnx-int8" else "fp32")
     assert contract.get("quantization", {}).get("scheme") == ("u8s8-7bit" if name == "onnx-int8" else None)

@@ -187,4 +187,4 @@ def test_api_predict_loads_the_checkpoint(digits_run: Path, pngs: list[Path], cl
     assert isinstance(pred, Prediction)
     _check(pred, k=2)
     _same(pred, clf.predict(pngs[0]))
-    assert repr(clf) == "Classifier(model='pigeon-n', classes=10, imgsz=8, channels=1, device=cpu)"
+    assert repr(clf) == "Classifier(model='pigeon-p', classes=10, imgsz=8, channels=1, device=cpu)"

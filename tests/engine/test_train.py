@@ -116,7 +116,7 @@ def test_training_state_loads_without_pickle(digits_run: Path) -> None:
     steps_per_epoch = (1347 - 136) // 64
     assert state["step"] == 3 * steps_per_epoch
     assert state["ema"]["updates"] == state["step"]
-    model = create_model("pigeon-n", num_classes=10, in_chans=1, imgsz=8)
+    model = create_model("pigeon-p", num_classes=10, in_chans=1, imgsz=8)
     model.load_state_dict(state["model"])
     model.load_state_dict(state["ema"]["module"])
     assert len(state["optimizer"]["state"]) == len(list(model.parameters()))  # momentum buffers
@@ -148,7 +148,7 @@ def test_same_seed_same_weights(tmp_path: Path, restore_torch_globals: None) -> 
 def test_without_validation_the_final_epoch_is_the_result(tmp_path: Path) -> None:
     result = pigeon.train(data="digits", epochs=2, batch=256, val_fraction=0, **FAST, project=str(tmp_path),
                           cache_dir=str(tmp_path / "cache"))
-    assert result.run_dir == tmp_path / "pigeon-n-digits"
+    assert result.run_dir == tmp_path / "pigeon-p-digits"
     assert result.best == result.run_dir / "weights" / "best.safetensors"
     assert result.last == result.run_dir / "weights" / "last.safetensors"
     assert result.val is None and result.test is not None and result.headline is result.test
@@ -231,7 +231,7 @@ def test_train_on_an_image_folder_forced_rgb(tmp_path: Path, digits_folder: Call
     before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     result = pigeon.train(data=str(root), imgsz=16, channels=3, epochs=2, batch=8, **FAST,
                           project=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
-    assert result.run_dir == tmp_path / "runs" / "pigeon-n-data"
+    assert result.run_dir == tmp_path / "runs" / "pigeon-p-data"
     config = json.loads((result.run_dir / "config.json").read_text())
     assert (config["imgsz"], config["channels"]) == (16, 3)
     _, meta = checkpoint.read(result.best)

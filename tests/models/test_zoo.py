@@ -61,7 +61,7 @@ def test_unknown_own_name_mentions_the_external_prefixes() -> None:
 
 
 def test_list_models_without_pattern_lists_only_pigeons_own() -> None:
-    assert pigeon.list_models() == ["pigeon-m", "pigeon-n", "pigeon-s"]
+    assert pigeon.list_models() == ["pigeon-m", "pigeon-n", "pigeon-p", "pigeon-s"]
 
 
 def test_list_models_pattern_matches_own_timm_and_torchvision_names() -> None:
@@ -70,7 +70,7 @@ def test_list_models_pattern_matches_own_timm_and_torchvision_names() -> None:
     assert all(name.startswith(("timm:", "tv:")) for name in found)
     assert all(fnmatch.fnmatch(name.partition(":")[2], "resnet1*") for name in found)
     assert "tv:resnet50" not in found and "timm:resnet50" not in found
-    assert pigeon.list_models("pigeon-*") == ["pigeon-m", "pigeon-n", "pigeon-s"]
+    assert pigeon.list_models("pigeon-*") == ["pigeon-m", "pigeon-n", "pigeon-p", "pigeon-s"]
     assert pigeon.list_models("no_such_model_*") == []
 
 

@@ -101,7 +101,10 @@ async function loadOptions() {
     if (input.name === "model") input.value = d;
     else if (d != null) input.value = d;
     input.dataset.default = d == null ? "" : String(d);
+    // Left empty, epochs and batch come from the recipe for this server's device: say which.
+    if (d == null && opts.recipe && opts.recipe[input.name] != null) input.placeholder = `auto: ${opts.recipe[input.name]}`;
   }
+  $("#model-select").title = `auto: ${opts.recipe.model}, for ${opts.recipe.why}`;
 }
 
 async function refreshDatasetList() {
