@@ -1,8 +1,9 @@
-"""Deployment formats on this CPU: `pigeon bench` across formats and sizes, and pigeon-n vs YOLO11n-cls as ONNX.
+"""Deployment formats on this CPU: `pigeon bench` across formats and sizes, and pigeon vs YOLO11n-cls as ONNX.
 
-Part 1 runs `pigeon.bench` on a Fashion-MNIST pigeon-n checkpoint: accuracy on the 10,000 test images,
-single-image latency (PNG file in, probabilities out: decode and preprocessing included; median and p90 over
-warm runs), throughput at batch 64, and file size, for PyTorch, ONNX, INT8 ONNX, TorchScript and OpenVINO.
+Part 1 runs `pigeon.bench` on a Fashion-MNIST checkpoint (speed.py's, trained with the default recipe):
+accuracy on the 10,000 test images, single-image latency (PNG file in, probabilities out: decode and
+preprocessing included; median and p90 over warm runs), throughput at batch 64, and file size, for PyTorch,
+ONNX, INT8 ONNX, TorchScript and OpenVINO.
 
 Part 2 (when the peer's environment from speed.py exists) exports the peer's trained YOLO11n-cls to ONNX with
 its own exporter and runs both ONNX files through the same onnxruntime session options in this process:
@@ -107,7 +108,8 @@ def peer_part(model: str, runs: int, work: Path) -> dict[str, Any]:
     folders = [c.replace("/", "-").replace(" ", "_") for c in ds.classes]
     peer_labels = np.array([sorted(folders).index(f) for f in folders])[labels]
     rows = {}
-    for name, fixed, dynamic, x, y in (("pigeon-n (pigeon export)", ours[False], ours[True], ours_x, labels),
+    ours_name = f"{pigeon.load(model, device='cpu').meta['model']} (pigeon export)"
+    for name, fixed, dynamic, x, y in ((ours_name, ours[False], ours[True], ours_x, labels),
                                        ("YOLO11n-cls (its own export)", files[False], files[True], peer_x,
                                         peer_labels)):
         fixed_s, dynamic_s = ort_session(fixed), ort_session(dynamic)

@@ -7,6 +7,9 @@ top-1 from its training run.
 
     python benchmarks/inference.py --model runs/bench/seed0/weights/best.safetensors   # left by speed.py
     python benchmarks/inference.py --no-peer
+    ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/inference.py --model runs/bench-avx2/seed0/weights/best.safetensors
+
+Under an ISA limit (both tools inherit it) the results go to their own table, inference-avx2.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 
-from common import RESULTS, ROOT, save
+from common import RESULTS, ROOT, cpu_flags, save
 
 import pigeon
 
@@ -54,19 +58,22 @@ def main() -> None:
     files = sorted(glob.glob(str(IMAGES / "**" / "*.png"), recursive=True))
     if not files:
         sys.exit(f"no PNGs under {IMAGES}: run `python benchmarks/peer_ultralytics.py train` first")
-    results = {"images": len(files), "pigeon": measure_pigeon(args.model, files, args.n_single)}
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    suffix = f"-{isa.lower()}" if isa else ""
+    results = {"images": len(files), "pigeon": measure_pigeon(args.model, files, args.n_single), "isa": isa}
     print("pigeon", json.dumps(results["pigeon"]), flush=True)
     if not args.no_peer:
         out = subprocess.run([sys.executable, str(PEER), "infer", "--images", str(IMAGES), "--n-single",
                               str(args.n_single)], capture_output=True, text=True, check=True).stdout
         results["peer"] = json.loads(out.strip().splitlines()[-1])
-        speed = RESULTS / "speed.json"
+        speed = RESULTS / f"speed{suffix}.json"
         if speed.exists() and json.loads(speed.read_text()).get("peer"):
             results["peer"]["test_top1"] = json.loads(speed.read_text())["peer"]["final_top1"]
         print("peer", json.dumps(results["peer"]), flush=True)
     rows = ["| tool | test top-1 | single image, ms (median / p90) | stream batch 1, img/s | stream batch 64, img/s |",
             "|---|---|---|---|---|"]
-    for name, r in (("pigeon-n (pigeon, PyTorch eager)", results["pigeon"]),
+    ours = pigeon.load(args.model, device="cpu").meta["model"]
+    for name, r in ((f"{ours} (pigeon, PyTorch eager)", results["pigeon"]),
                     ("YOLO11n-cls (Ultralytics, PyTorch eager)", results.get("peer"))):
         if r:
             acc = f"{r['test_top1']:.2%}" if r.get("test_top1") else "n/a"
@@ -80,8 +87,9 @@ def main() -> None:
         results["ratios"] = ratios
         rows.append(f"\npigeon vs peer: single image {ratios['single']:.1f}x faster, stream batch 1 "
                     f"{ratios['batch1']:.1f}x, batch 64 {ratios['batch64']:.1f}x (same machine, same run; "
-                    "pigeon-n takes the native 28 px, the peer its 32 px).")
-    save("inference", results, "\n".join(rows))
+                    f"{ours} takes the native 28 px, the peer its 32 px).")
+    rows.append(f"\nCPU flags: {cpu_flags()}" + (f" (ONEDNN_MAX_CPU_ISA={isa}, both tools)." if isa else "."))
+    save(f"inference{suffix}", results, "\n".join(rows))
 
 
 if __name__ == "__main__":

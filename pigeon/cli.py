@@ -43,7 +43,7 @@ TRAIN_HELP = {
     "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
     "resize": "crop: shorter side to imgsz then centre crop; pad: letterbox; stretch: ignore aspect",
     "optimizer": "sgd (Nesterov momentum) or adamw",
-    "lr": "peak learning rate; default 0.2*batch/256 (sgd) or 2e-3*batch/256 (adamw)",
+    "lr": "peak learning rate; default 0.2*batch/256 (sgd; 0.4*batch/256 for pigeon-p) or 2e-3*batch/256 (adamw)",
     "momentum": "SGD momentum",
     "weight_decay": "weight decay on conv/linear weights; default 5e-4 (sgd) or 0.05 (adamw)",
     "schedule": "onecycle (linear warmup, linear decay) or cosine (linear warmup, cosine decay)",

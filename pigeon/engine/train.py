@@ -54,10 +54,17 @@ class TrainResult:
         return self.test or self.val
 
 
+# SGD's peak learning rate per 256 images of batch. pigeon-p, half as wide, takes twice pigeon-n's: on the 10%
+# of Fashion-MNIST's train split held out for validation (never the test split), 10 epochs at batch 256 reached
+# 92.83% and 93.37% at 0.4 against 92.18% and 92.90% at 0.2 (seeds 0 and 1).
+SGD_LR_PER_256 = {"pigeon-p": 0.4}
+
+
 def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
     """Fill every "choose for me" (None/auto) option from the data and device; the result is what runs."""
     spec = ds.preprocess
-    lr = cfg.lr or (0.2 * cfg.batch / 256 if cfg.optimizer == "sgd" else 2e-3 * cfg.batch / 256)
+    sgd_lr = SGD_LR_PER_256.get(cfg.model, 0.2)
+    lr = cfg.lr or (sgd_lr * cfg.batch / 256 if cfg.optimizer == "sgd" else 2e-3 * cfg.batch / 256)
     amp = amp_dtype(device, cfg.amp)
     n_train = len(ds.splits["train"])
     total_steps = n_train // min(cfg.batch, n_train) * cfg.epochs

@@ -60,7 +60,7 @@ def test_digits_run_is_accurate(digits_run: Path) -> None:
 def test_run_writes_the_resolved_config(digits_run: Path) -> None:
     config = json.loads((digits_run / "config.json").read_text())
     assert set(config) == set(TrainConfig.__dataclass_fields__)
-    assert config["lr"] == pytest.approx(0.2 * 64 / 256)  # the SGD default for batch 64
+    assert config["model"] == "pigeon-p" and config["lr"] == pytest.approx(0.4 * 64 / 256)  # pigeon-p SGD, batch 64
     assert config["imgsz"] == 8 and config["channels"] == 1  # digits' native size, grayscale
     assert config["weight_decay"] == 5e-4
     assert config["fliplr"] == 0.0  # a mirrored digit is another symbol
