@@ -16,6 +16,7 @@ SCHEDULES = ("cosine", "onecycle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 RESIZE_MODES = ("crop", "pad", "stretch")
 SELECT_METRICS = ("top1", "macro_f1", "loss")
+BALANCE_MODES = ("auto", "none", "weights", "sampler")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -76,6 +77,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    balance: str = "auto"  # class imbalance: auto, none, weights (weighted loss) or sampler (balanced draws)
     ema: bool = True
     ema_decay: float | None = None
     amp: str = "auto"
@@ -120,6 +122,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("select", self.select, SELECT_METRICS)
+        _check_choice("balance", self.balance, BALANCE_MODES)
         _check_range("lr", self.lr, 0.0, lo_open=True)
         _check_range("momentum", self.momentum, 0.0, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0)

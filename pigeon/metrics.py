@@ -76,8 +76,10 @@ def classification_report(
         class_names: K names, in class-index order.
 
     Returns:
-        {"n", "top1", "top5", "macro_f1", "per_class", "confusion"}. Accuracies are fractions in [0, 1];
-        "top5" is None unless there are more than 5 classes (with 5 or fewer it is always 1.0).
+        {"n", "top1", "top5", "macro_f1", "balanced_accuracy", "worst_class", "per_class", "confusion"}.
+        Accuracies are fractions in [0, 1]; "top5" is None unless there are more than 5 classes (with 5 or
+        fewer it is always 1.0). Balanced accuracy is the mean recall of the classes present in `targets`;
+        "worst_class" is the present class of lowest recall.
     """
     _check_logits(logits, targets)
     n, num_classes = logits.shape
@@ -99,11 +101,15 @@ def classification_report(
         }
         for i, name in enumerate(class_names)
     ]
+    present = support > 0  # a class absent from this split has no recall to average
+    worst = int(np.flatnonzero(present)[np.argmin(recall[present])]) if present.any() else 0
     return {
         "n": int(n),
         "top1": correct[1] / n,
         "top5": correct[5] / n if num_classes > 5 else None,
         "macro_f1": float(f1.mean()),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "worst_class": {"class": class_names[worst], "recall": float(recall[worst]), "support": int(support[worst])},
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
@@ -125,6 +131,10 @@ def format_report(report: dict[str, Any]) -> str:
     top5 = "n/a" if report["top5"] is None else f"{100 * report['top5']:.2f}%"
     top1, macro_f1 = 100 * report["top1"], 100 * report["macro_f1"]
     lines.append(f"top-1 {top1:.2f}%   top-5 {top5}   macro-F1 {macro_f1:.2f}%   samples {report['n']}")
+    if "balanced_accuracy" in report:  # reports saved before pigeon had these lack them
+        worst = report["worst_class"]
+        lines.append(f"balanced accuracy {100 * report['balanced_accuracy']:.2f}%   worst class {worst['class']} "
+                     f"(recall {100 * worst['recall']:.2f}% of {worst['support']})")
     return "\n".join(lines)
 
 

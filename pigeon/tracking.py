@@ -103,7 +103,7 @@ class TensorBoardLog:
                 self.writer.add_image(name, image, int(event["best_epoch"]), dataformats="HWC")
             for split in SPLITS:
                 for metric, value in (event.get(split) or {}).items():
-                    if metric != "n" and value is not None:
+                    if metric != "n" and isinstance(value, (int, float)):  # not the worst class's record
                         self.writer.add_scalar(f"final/{split}_{metric}", value, int(event["best_epoch"]))
             self.writer.flush()
 
@@ -169,7 +169,7 @@ class MLflowLog:
             self._metrics(metrics, int(event["epoch"]))
         elif kind == "done":
             final = {f"final_{split}_{k}": v for split in SPLITS for k, v in (event.get(split) or {}).items()
-                     if k != "n" and v is not None}
+                     if k != "n" and isinstance(v, (int, float))}
             self._metrics({**final, "best_epoch": event["best_epoch"], "seconds": event["seconds"]},
                           int(event["epochs_run"]))
             assert self.run_dir is not None and self.run_id is not None

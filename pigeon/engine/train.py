@@ -23,7 +23,7 @@ from pigeon.config import TrainConfig
 from pigeon.data import Dataset, load_dataset, with_validation
 from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.preprocess import normalize
-from pigeon.engine import checkpoint
+from pigeon.engine import balance, checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
 from pigeon.engine.evaluate import evaluate
@@ -67,11 +67,13 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
     lr = cfg.lr or (sgd_lr * cfg.batch / 256 if cfg.optimizer == "sgd" else 2e-3 * cfg.batch / 256)
     amp = amp_dtype(device, cfg.amp)
     n_train = len(ds.splits["train"])
+    counts = balance.class_counts(ds.splits["train"].labels, len(ds.classes))
     total_steps = n_train // min(cfg.batch, n_train) * cfg.epochs
     return dataclasses.replace(
         cfg, imgsz=spec.imgsz, channels=spec.channels, lr=lr,
         ema_decay=cfg.ema_decay if cfg.ema_decay is not None else ema_decay_for(total_steps),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
+        balance=balance.resolve(cfg.balance, counts),
         fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
         translate=cfg.translate if cfg.translate is not None else max(1, spec.imgsz // 10),
         resized_crop=cfg.resized_crop if cfg.resized_crop is not None else spec.imgsz >= 64,
@@ -149,11 +151,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, head: set[str] | None = N
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, lr: float, amp: torch.dtype | None, label_smoothing: float,
-               grad_clip: float) -> torch.Tensor:
+               grad_clip: float, class_weight: torch.Tensor | None = None) -> torch.Tensor:
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     with autocast(x.device, amp):
-        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(model(x), y, weight=class_weight, label_smoothing=label_smoothing)
     scaler.scale(loss).backward()
     if grad_clip > 0:
         scaler.unscale_(opt)
@@ -260,8 +262,10 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         raise ConfigError("patience needs a validation split to watch: set val_fraction > 0 or give the "
                           "dataset a val/ folder, or drop patience")
     precision = amp_choice(device, cfg.amp)[1]
-    flip_by_default = cfg.fliplr is None
+    flip_by_default, balance_given = cfg.fliplr is None, cfg.balance
     cfg = resolve(cfg, ds, device)
+    counts = balance.class_counts(ds.splits["train"].labels, len(ds.classes))
+    balance_note = None if cfg.resume else balance.describe(balance_given, cfg.balance, counts, list(ds.classes))
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
     transfer = fit_weights(model, weights, classes, cfg.model) if weights is not None else None  # before any file
@@ -271,7 +275,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     hint = _flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume else None
-    for note in (*([recipe_note] if recipe_note else []), *ds.notes, *([hint] if hint else [])):
+    notes = [recipe_note, *ds.notes, hint, balance_note]
+    for note in filter(None, notes):
         say(f"note: {note}")
     if ds.skipped:
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))
@@ -296,6 +301,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     # A private, writable copy in RAM (the cache is a read-only memory map); uint8 stays uint8.
     images = torch.from_numpy(np.require(train_split.images, requirements="CW")).to(device)
     labels = torch.from_numpy(np.array(train_split.labels, dtype=np.int64)).to(device)
+    class_weight = balance.loss_weights(counts).to(device) if cfg.balance == "weights" else None
     mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
     batch = min(cfg.batch, len(labels))
     steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm
@@ -345,7 +351,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             else:
                 model.train()
             t_epoch = t_warm = time.perf_counter()
-            order = torch.randperm(len(labels), generator=gen).to(device)
+            order = (balance.balanced_order(labels, counts, gen) if cfg.balance == "sampler"
+                     else torch.randperm(len(labels), generator=gen)).to(device)
             bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch", enabled=cfg.verbose,
                            leave=False)
             loss_sum = torch.zeros((), device=device)
@@ -354,7 +361,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                 x = normalize(augment(images[idx], gen), mean, std).contiguous(memory_format=memory_format)
                 lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
                 loss_sum += train_step(model, x, labels[idx], opt, scaler, lr, amp, cfg.label_smoothing,
-                                       cfg.grad_clip)
+                                       cfg.grad_clip, class_weight)
                 if ema is not None:
                     ema.update(model)
                 step += 1
@@ -466,7 +473,9 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         say(format_report(headline))
     split_name = "test" if results["test"] else "val"
     say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); "
-        + (f"{split_name} top-1 {headline['top1']:.2%}; " if headline else "") + f"weights in {best_path}")
+        + (f"{split_name} top-1 {headline['top1']:.2%}, balanced accuracy {headline['balanced_accuracy']:.2%}, "
+           f"worst class {headline['worst_class']['class']} (recall {headline['worst_class']['recall']:.2%}); "
+           if headline else "") + f"weights in {best_path}")
     if "caveat" in summary:
         say(f"note: {summary['caveat']}")
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
@@ -476,7 +485,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
 def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if report is None:
         return None
-    return {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "loss")}
+    return {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "balanced_accuracy", "worst_class", "loss")
+            if k in report}
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

@@ -86,7 +86,12 @@ class JobRunner:
 
     # -- requests
     def submit(self, options: dict[str, Any], dataset: str | None) -> dict[str, Any]:
-        return self.store.add_job(options, dataset, self.runs_dir, str(options.get("model", "pigeon-n")))
+        from pigeon.engine.recipe import AUTO_MODEL, recipe_for
+
+        model = str(options.get("model") or AUTO_MODEL)
+        if model == AUTO_MODEL and not options.get("weights"):  # name the run after what the recipe will train
+            model = recipe_for(str(options.get("device") or "auto"), str(options.get("amp") or "auto")).model
+        return self.store.add_job(options, dataset, self.runs_dir, model)
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         job = self._job(job_id)

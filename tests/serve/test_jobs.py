@@ -55,7 +55,7 @@ def test_a_job_trains_cancels_resumes_and_streams(make_client: Any, checkpoint: 
     job = client.post("/api/v1/jobs", json={"dataset": ds["id"], "epochs": 4, "plots": False, "batch": 256},
                       headers=token).json()
     run_dir = Path(job["run_dir"])
-    assert job["state"] == "queued" and run_dir.name == job["run"] == f"job-{job['id']}-pigeon-n"
+    assert job["state"] == "queued" and run_dir.name == job["run"] == f"job-{job['id']}-pigeon-p"
     second = client.post("/api/v1/jobs", json={"dataset": ds["id"], "epochs": 1, "plots": False},
                          headers=token).json()
     _until(lambda: [e for _, e in read_events(run_dir, 0) if e["event"] == "epoch"], message="no first epoch")
