@@ -1,7 +1,7 @@
 """Long-tailed Fashion-MNIST: balanced accuracy with `--balance none`, `weights` and `sampler`, over seeds.
 
 The training split is made long-tailed with an exponential profile, 100:1: class k (in Fashion-MNIST's own
-order) keeps the first round(6000 * 0.01 ** (k / 9)) of its training images, 6,000 down to 60 (13,300 in
+order) keeps the first round(6000 * 0.01 ** (k / 9)) of its training images, 6,000 down to 60 (14,891 in
 all). The test split is Fashion-MNIST's own, 1,000 per class, so balanced accuracy is plain accuracy there.
 Every run is the real command line with the default recipe, the model chosen on the 10% of the long-tailed
 train held out for validation (itself long-tailed), never on test.

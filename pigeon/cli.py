@@ -36,7 +36,7 @@ TRAIN_HELP = {
              "on a GPU), or the --weights checkpoint's own model",
     "weights": "start from these weights: a pigeon checkpoint, .safetensors, .pth state dict (read without "
                "running code), 'timm' (the timm model's pretrained weights) or hf-hub:org/repo[/file]",
-    "balance": "class imbalance: auto (weights, when the largest class has 3x the smallest's images or more), "
+    "balance": "class imbalance: auto (sampler, when the largest class has 3x the smallest's images or more), "
                "none, weights (loss weighted by inverse class count) or sampler (class-balanced draws)",
     "epochs": "passes over the training data (default: the recipe's: 15 on a CPU with native bf16, 10 elsewhere)",
     "batch": "images per training step (default: the recipe's: 256 on a CPU, 128 on a GPU)",

@@ -77,7 +77,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    balance: str = "auto"  # class imbalance: auto, none, weights (weighted loss) or sampler (balanced draws)
+    balance: str = "auto"  # class imbalance: auto (sampler at 3:1), none, weights (weighted loss) or sampler
     ema: bool = True
     ema_decay: float | None = None
     amp: str = "auto"

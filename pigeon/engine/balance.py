@@ -1,7 +1,7 @@
 """Class imbalance: when to correct for it, and the two corrections (a weighted loss, or balanced sampling).
 
 A pest seen once in 200 images barely moves an unweighted loss, so the model can ignore it and still score a
-high top-1. `--balance auto` corrects when the largest class has at least AUTO_RATIO times the smallest's
+high top-1. `--balance auto` resamples when the largest class has at least AUTO_RATIO times the smallest's
 training images; the reports carry balanced accuracy (the mean per-class recall) and name the worst class,
 which top-1 hides.
 """
@@ -25,10 +25,14 @@ def imbalance_ratio(counts: np.ndarray) -> float:
 
 
 def resolve(mode: str, counts: np.ndarray) -> str:
-    """`auto` becomes `weights` on imbalanced counts and `none` otherwise; the others stay."""
+    """`auto` becomes `sampler` on imbalanced counts and `none` otherwise; the others stay.
+
+    Sampling, not weighting: on Fashion-MNIST made long-tailed 100:1 (benchmarks/imbalance.py, 2 seeds) balanced
+    draws lifted balanced accuracy from 84.5% to 88.9%, while a weighted loss lowered it to 79.7%.
+    """
     if mode != "auto":
         return mode
-    return "weights" if imbalance_ratio(counts) >= AUTO_RATIO else "none"
+    return "sampler" if imbalance_ratio(counts) >= AUTO_RATIO else "none"
 
 
 def describe(given: str, mode: str, counts: np.ndarray, classes: list[str]) -> str | None:
@@ -44,7 +48,7 @@ def describe(given: str, mode: str, counts: np.ndarray, classes: list[str]) -> s
         return None if given == "none" or ratio < 2 else f"balance auto: none, as {shape}, under {AUTO_RATIO:g}x"
     how = ("the loss weighs each class by the inverse of its count" if mode == "weights"
            else "each epoch draws images with replacement so that every class is drawn equally often")
-    origin = "auto: weights, because" if given == "auto" else f"{mode}:"
+    origin = f"auto: {mode}, because" if given == "auto" else f"{mode}:"
     return f"balance {origin} {shape}; {how} (--balance none turns it off)"
 
 

@@ -44,8 +44,8 @@ def test_balanced_accuracy_and_the_worst_class() -> None:
     assert "balanced accuracy 62.50%   worst class b (recall 50.00% of 2)" in format_report(report)
 
 
-@pytest.mark.parametrize(("counts", "mode"), [([100, 10, 50], "weights"), ([100, 40, 50], "none"),
-                                              ([100, 0, 30], "weights"), ([5, 5], "none")])
+@pytest.mark.parametrize(("counts", "mode"), [([100, 10, 50], "sampler"), ([100, 40, 50], "none"),
+                                              ([100, 0, 30], "sampler"), ([5, 5], "none")])
 def test_auto_turns_on_at_three_to_one(counts: list[int], mode: str) -> None:
     assert balance.resolve("auto", np.array(counts)) == mode
     assert balance.resolve("sampler", np.array([5, 5])) == "sampler"  # what the user sets stays
@@ -68,26 +68,26 @@ def test_the_sampler_draws_each_class_equally_often() -> None:
     assert np.all(np.abs(drawn - 1 / 3) < 0.06), drawn
 
 
-def test_a_default_run_on_imbalanced_data_weights_the_loss_and_says_so(
+def test_a_default_run_on_imbalanced_data_resamples_and_says_so(
         imbalanced_digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = pigeon.train(str(imbalanced_digits), epochs=2, device="cpu", plots=False, project=str(tmp_path / "r"),
                        val_fraction=0)
     out = capsys.readouterr().out
-    assert "balance auto: weights, because the largest class (0, 100 images) has 10.0x the smallest (5, 10)" in out
+    assert "balance auto: sampler, because the largest class (0, 100 images) has 10.0x the smallest (5, 10)" in out
     assert "worst class" in out and "balanced accuracy" in out
-    assert json.loads((run.run_dir / "config.json").read_text())["balance"] == "weights"
+    assert json.loads((run.run_dir / "config.json").read_text())["balance"] == "sampler"
     summary = json.loads((run.run_dir / "summary.json").read_text())
     test = summary["test_report"]
     assert test["balanced_accuracy"] == pytest.approx(np.mean([r["recall"] for r in test["per_class"]]))
     assert summary["test"]["worst_class"]["class"] == test["worst_class"]["class"]
 
 
-def test_the_sampler_trains_and_balanced_data_is_left_alone(
+def test_weights_train_and_balanced_data_is_left_alone(
         imbalanced_digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = pigeon.train(str(imbalanced_digits), epochs=1, balance="sampler", device="cpu", plots=False,
+    run = pigeon.train(str(imbalanced_digits), epochs=1, balance="weights", device="cpu", plots=False,
                        project=str(tmp_path / "r"), val_fraction=0)
-    assert "balance sampler: the largest class" in capsys.readouterr().out
-    assert run.config.balance == "sampler" and run.test is not None
+    assert "balance weights: the largest class" in capsys.readouterr().out
+    assert run.config.balance == "weights" and run.test is not None
     plain = pigeon.train("digits", epochs=1, device="cpu", plots=False, project=str(tmp_path / "r"))
     assert plain.config.balance == "none" and "note: balance" not in capsys.readouterr().out
 
