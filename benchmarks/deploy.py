@@ -83,8 +83,11 @@ def peer_inputs(images: np.ndarray) -> np.ndarray:
 
 
 def peer_part(model: str, runs: int, work: Path) -> dict[str, Any]:
+    from peer_ultralytics import ensure_onnx_export
+
     from pigeon.data import load_dataset
 
+    ensure_onnx_export()
     env = {"YOLO_CONFIG_DIR": str(ROOT / "benchmarks" / ".peer-work" / "config"), "YOLO_OFFLINE": "1"}
     files = {}
     for dynamic in (False, True):

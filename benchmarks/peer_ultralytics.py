@@ -25,6 +25,7 @@ VENV = HERE / ".venv-peer"
 WORK = HERE / ".peer-work"
 VERSION = "8.4.190"
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+ONNX_EXPORT = ["onnx>=1.12,<2", "onnxslim>=0.1.71"]
 
 
 def peer_env() -> dict[str, str]:
@@ -42,6 +43,13 @@ def ensure_venv() -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"ultralytics=={VERSION}"], check=True)
         (VENV / ".installed").touch()
     return python
+
+
+def ensure_onnx_export() -> None:
+    """The packages the peer's ONNX exporter imports (it would otherwise try to install them itself)."""
+    python = ensure_venv()
+    if subprocess.run([str(python), "-c", "import onnx, onnxslim"], capture_output=True).returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ONNX_EXPORT], check=True)
 
 
 def write_fashion_folders(root: Path) -> Path:
