@@ -43,6 +43,18 @@ def cpu_flags() -> str:
     return " ".join(cpu.flags) + (f", ONEDNN_MAX_CPU_ISA={cpu.isa_limit}" if cpu.isa_limit else "")
 
 
+def cpu_table_suffix() -> str:
+    """Which CPU kind a table speaks for, so that one machine's run never overwrites another kind's figures:
+    '' on a CPU with native bf16, '-avx2' for such a CPU limited by ONEDNN_MAX_CPU_ISA=AVX2, and
+    '-avx2-native' on a CPU that has AVX2 and no bf16 of its own (the most common x86 kind)."""
+    from pigeon.engine.device import probe_cpu
+
+    cpu = probe_cpu()
+    if cpu.isa_limit:
+        return f"-{cpu.isa_limit.lower()}"
+    return "" if cpu.native_bf16 else "-avx2-native" if cpu.avx2 else "-fp32"
+
+
 def write_png_folder(root: Path, classes: Any, splits: dict[str, tuple[Any, Any]]) -> Path:
     """Write uint8 arrays [N, C, H, W] (pigeon's layout; C is 1 or 3) or [N, H, W] as
     root/<split>/<class>/NNNNN.png; returns root."""

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from common import RESULTS, ROOT, cpu_flags, save
+from common import RESULTS, ROOT, cpu_flags, cpu_table_suffix, save
 
 import pigeon
 
@@ -59,7 +59,7 @@ def main() -> None:
     if not files:
         sys.exit(f"no PNGs under {IMAGES}: run `python benchmarks/peer_ultralytics.py train` first")
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    suffix = f"-{isa.lower()}" if isa else ""
+    suffix = cpu_table_suffix()
     results = {"images": len(files), "pigeon": measure_pigeon(args.model, files, args.n_single), "isa": isa}
     print("pigeon", json.dumps(results["pigeon"]), flush=True)
     if not args.no_peer:
