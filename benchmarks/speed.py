@@ -108,7 +108,8 @@ def main() -> None:
                stamp={k: saved[k] for k in ("git", "machine", "date", "command")})
         return
     profile = ["--data", "digits", "--epochs", "1", "--val-fraction", "0"] if args.quick else PROFILE
-    results: dict = {"profile": "pigeon train " + " ".join(profile), "kind": recipe_kind(env), "isa": args.isa}
+    results: dict = {"profile": "pigeon train " + " ".join(profile), "isa": args.isa,
+                     "kind": None if args.quick else recipe_kind(env)}  # a quick run reports nothing
     # The runs stay in runs/bench/ (inference.py predicts with seed 0's model); a quick run leaves nothing.
     with tempfile.TemporaryDirectory() as scratch:
         project = scratch if args.quick else str(ROOT / "runs" / name.replace("speed", "bench"))

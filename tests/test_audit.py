@@ -28,7 +28,7 @@ from pigeon.errors import ConfigError, DatasetError
 
 CLASSES = ("zero", "one", "two", "three")
 EDITS = ("jpeg90", "resize+1px", "brightness+12", "contrast0.9", "scale75%")
-FAST = {"epochs": 15, "folds": 3, "imgsz": 16, "batch": 64, "device": "cpu", "verbose": False}
+FAST = {"epochs": 8, "folds": 3, "imgsz": 16, "batch": 64, "device": "cpu", "verbose": False}
 
 
 def digit_image(pixels: np.ndarray, size: int = 16) -> Image.Image:

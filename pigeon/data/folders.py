@@ -28,7 +28,11 @@ def _list_files(class_dir: Path) -> list[Path]:
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # scandir's entries know their type without a stat each, and names sort far faster than Paths: a folder of
+    # 10,000 classes is listed in milliseconds, not seconds.
+    with os.scandir(split_dir) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    return [split_dir / name for name in names]
 
 
 def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]], list[tuple[str, str]]]:
@@ -111,13 +115,14 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
             for (path, label), (arr, gray, why) in zip(
                     items, pool.map(lambda it: _decode(it[0], imgsz, channels or 3, resize), items, chunksize=16)):
                 bar.update(1)
+                relative = str(path.relative_to(root))
                 if arr is None:
-                    meta["skipped"].append((str(path.relative_to(root)), why))
+                    meta["skipped"].append((relative, why))
                     continue
                 out[n] = arr
                 n += 1
                 labels.append(label)
-                paths.append(str(path.relative_to(root)))  # relative: the entry outlives a moved folder
+                paths.append(relative)  # relative: the entry outlives a moved folder
                 meta["all_gray"] &= gray
             out.flush()
             meta["paths"][split] = paths
