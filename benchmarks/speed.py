@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="rebuild table and plot from the saved JSON")
     parser.add_argument("--isa", choices=["AVX2"], help="run both tools as a CPU with only this instruction set "
                         "(ONEDNN_MAX_CPU_ISA); results go to their own table, speed-avx2")
-    # Without --isa the table is named for this CPU: speed (native bf16) or speed-avx2-native (AVX2, no bf16).
+    # Without --isa the table is named for this CPU (common.cpu_table_suffix): speed, speed-avx2-native, speed-fp32.
     args = parser.parse_args()
     env = {"ONEDNN_MAX_CPU_ISA": args.isa} if args.isa else {}
     if args.isa:

@@ -28,8 +28,8 @@ def _list_files(class_dir: Path) -> list[Path]:
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
-    # scandir's entries know their type without a stat each, and names sort far faster than Paths: a folder of
-    # 10,000 classes is listed in milliseconds, not seconds.
+    # scandir's entries know their type without a stat each, and names sort far faster than Paths (Path
+    # comparison dominated listing a folder of 10,000 classes).
     with os.scandir(split_dir) as entries:
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
     return [split_dir / name for name in names]
