@@ -119,22 +119,29 @@ def _classifier(model: str | os.PathLike[str] | Classifier, device: str) -> Clas
 
 
 def predict(model: str | os.PathLike[str] | Classifier, source: Any, top_k: int = 5, batch: int = 64,
-            device: str = "auto") -> Prediction | list[Prediction]:
-    """Predict with a checkpoint (or a loaded Classifier) on files, folders, globs, images or arrays."""
-    cfg = build(PredictConfig, top_k=top_k, batch=batch, device=device)
-    return _classifier(model, cfg.device).predict(source, top_k=cfg.top_k, batch=cfg.batch)
+            device: str = "auto", min_conf: float | None = None) -> Prediction | list[Prediction]:
+    """Predict with a checkpoint (or a loaded Classifier) on files, folders, globs, images or arrays.
+
+    With `min_conf` (0-1), an image whose calibrated top-1 confidence is below it gets the label "unknown"
+    (`Prediction.abstained`); `pigeon val` prints the accuracy and coverage each threshold gives.
+    """
+    cfg = build(PredictConfig, top_k=top_k, batch=batch, device=device, min_conf=min_conf)
+    return _classifier(model, cfg.device).predict(source, top_k=cfg.top_k, batch=cfg.batch, min_conf=cfg.min_conf)
 
 
 def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None = None, batch: int = 256,
         device: str = "auto", cache_dir: str | None = None, project: str | None = "runs/val",
-        name: str | None = None, plots: bool = True, verbose: bool = True) -> dict[str, Any]:
+        name: str | None = None, plots: bool = True, verbose: bool = True,
+        min_conf: float | None = None) -> dict[str, Any]:
     """Measure a model on a dataset split (default: val, else test, else the whole folder).
 
-    Returns the report: top1, top5, macro_f1, loss, per_class, confusion. With `project` set it also
-    writes report.json and confusion_matrix.png into project/name.
+    Returns the report: top1, top5, macro_f1, loss, per_class, confusion, and `calibration` (ECE and NLL at
+    the model's temperature and without it, reliability bins, the risk-coverage curve, a threshold table and,
+    with `min_conf`, how many images that threshold answers and how accurately). With `project` set it also
+    writes report.json, confusion_matrix.png and calibration.png into project/name.
     """
     from pigeon.data import load_dataset
-    from pigeon.engine.evaluate import evaluate
+    from pigeon.engine.evaluate import logits_for, report_for
     from pigeon.io import write_json
     from pigeon.metrics import format_report
 
@@ -154,8 +161,13 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     # Map the dataset's label indices to the model's by class name: folder order need not match.
     to_model = np.array([clf.classes.index(c) for c in ds.classes], dtype=np.int64)
     part = ds.splits[split]
-    report, _ = evaluate(clf.model, part.images, to_model[part.labels], list(clf.classes), spec, clf.device,
-                         batch=batch, amp=clf.amp, channels_last=clf.channels_last)
+    build(PredictConfig, min_conf=min_conf)  # the same check, and message, as predict's
+    logits = logits_for(clf.model, part.images, spec, clf.device, batch=batch, amp=clf.amp,
+                        channels_last=clf.channels_last)
+    # An export's graph divides by the temperature already: undo it, so the report shows the same before and
+    # after figures as for the checkpoint it came from.
+    logits = logits * (clf.fitted_temperature / clf.temperature)
+    report = report_for(logits, to_model[part.labels], list(clf.classes), clf.fitted_temperature, min_conf)
     report["split"] = split
     report["data"] = str(data)
     if verbose:
@@ -164,9 +176,10 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
         run_dir = make_run_dir(project, name or f"{clf.meta.get('model', 'model')}-{Path(str(data)).name}", False)
         write_json(run_dir / "report.json", report)
         if plots:
-            from pigeon.plots import plot_confusion
+            from pigeon.plots import plot_calibration, plot_confusion
 
             plot_confusion(np.asarray(report["confusion"]), list(clf.classes), run_dir / "confusion_matrix.png")
+            plot_calibration(report["calibration"], run_dir / "calibration.png", split)
         report["run_dir"] = str(run_dir)
         if verbose:
             print(f"report written to {run_dir}")

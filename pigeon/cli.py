@@ -51,6 +51,8 @@ TRAIN_HELP = {
     "schedule": "onecycle (linear warmup, linear decay) or cosine (linear warmup, cosine decay)",
     "warmup_epochs": "epochs of linear learning-rate warmup",
     "label_smoothing": "label smoothing of the cross-entropy target",
+    "calibrate": "fit a softmax temperature on the val split after training, so confidences match accuracy "
+                 "(it travels in the checkpoint and every export; --no-calibrate keeps raw softmax)",
     "ema": "evaluate and save an exponential moving average of the weights",
     "ema_decay": "EMA decay per step; default: a horizon of a tenth of the run",
     "amp": "mixed precision: auto (bf16 where the CPU runs it natively, AVX512-BF16 or AMX, unless "
@@ -153,6 +155,7 @@ SERVE_HELP = {
     "max_pixels": "largest image (width x height) accepted",
     "max_files": "most images in one /predict request",
     "jobs": "training jobs run at once (more wait in a queue)",
+    "min_conf": "/predict answers 'unknown' below this confidence (0-1) unless a request sends its own min_conf",
     "verbose": "print the address and what is served",
 }
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
@@ -203,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="runs/val", help="parent folder for the report (default: runs/val)")
     p.add_argument("--name", help="report folder name")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the confusion matrix PNG")
+                   help="write the confusion matrix and calibration PNGs")
+    p.add_argument("--min-conf", type=float, metavar="P", help="also report how many images a --min-conf P would "
+                   "answer, and their accuracy")
 
     p = verbs.add_parser("predict", help="predict classes of images",
                          description="Predict on image files, folders or glob patterns (quote globs).")
@@ -212,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="how many classes to report per image (default: 5)")
     p.add_argument("--batch", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--min-conf", type=float, metavar="P", help="answer 'unknown' for images whose calibrated "
+                   "confidence is below P (0-1); pick P from the threshold table `pigeon val` prints")
     p.add_argument("--save-json", metavar="PATH", help="write all predictions to this JSON file")
     p.add_argument("--save-csv", metavar="PATH", help="write all predictions to this CSV file")
 
@@ -384,8 +391,10 @@ def _print_predictions(preds: list[Any], top_k: int) -> None:
         if not p.ok:
             print(f"{p.source}: ERROR {p.error}")
             continue
-        alts = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[1:top_k])
-        print(f"{p.source}: {p.label} ({p.top1_conf:.1%})" + (f"  [{alts}]" if alts else ""))
+        first = 0 if p.abstained else 1  # an abstention lists its best guess among the alternatives
+        alts = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[first:top_k])
+        print(f"{p.source}: {p.label} ({p.top1_conf:.1%}" + (f" < min-conf {p.min_conf:.0%})" if p.abstained
+              else ")") + (f"  [{alts}]" if alts else ""))
 
 
 def _write_predictions(preds: list[Any], json_path: str | None, csv_path: str | None) -> None:
@@ -396,11 +405,12 @@ def _write_predictions(preds: list[Any], json_path: str | None, csv_path: str | 
     if csv_path:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["source", "label", "confidence", "top_k", "error"])
+        writer.writerow(["source", "label", "confidence", "abstained", "top_k", "error"])
         for p in preds:
             d = p.to_dict()
             top = ";".join(f"{t['label']}:{t['prob']:.6f}" for t in d.get("top_k", []))
-            writer.writerow([p.source, d.get("label", ""), d.get("confidence", ""), top, d.get("error", "") or ""])
+            writer.writerow([p.source, d.get("label", ""), d.get("confidence", ""), d.get("abstained", ""), top,
+                             d.get("error", "") or ""])
         atomic_write_text(csv_path, buf.getvalue())
 
 
@@ -440,11 +450,12 @@ def run(args: argparse.Namespace) -> int:
         return 0 if head is None or head["n"] > 0 else 1
     if args.verb == "val":
         pigeon.val(args.model, args.data, split=args.split, batch=args.batch, device=args.device,
-                   cache_dir=args.cache_dir, project=args.project, name=args.name, plots=args.plots)
+                   cache_dir=args.cache_dir, project=args.project, name=args.name, plots=args.plots,
+                   min_conf=args.min_conf)
         return 0
     if args.verb == "predict":
         preds = pigeon.predict(args.model, list(args.source), top_k=args.top_k, batch=args.batch,
-                               device=args.device)
+                               device=args.device, min_conf=args.min_conf)
         preds = preds if isinstance(preds, list) else [preds]
         _print_predictions(preds, args.top_k)
         _write_predictions(preds, args.save_json, args.save_csv)

@@ -78,6 +78,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     balance: str = "auto"  # class imbalance: auto (sampler at 3:1), none, weights (weighted loss) or sampler
+    calibrate: bool = True  # fit a softmax temperature on the val split after training (pigeon.calibration)
     ema: bool = True
     ema_decay: float | None = None
     amp: str = "auto"
@@ -156,11 +157,13 @@ class PredictConfig:
     top_k: int = 5
     batch: int = 64
     device: str = "auto"
+    min_conf: float | None = None  # below this calibrated confidence the answer is "unknown"
 
     def __post_init__(self) -> None:
         check_types(self)
         _check_range("top_k", self.top_k, 1)
         _check_range("batch", self.batch, 1)
+        _check_range("min_conf", self.min_conf, 0.0, 1.0)
 
 
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
@@ -310,6 +313,7 @@ class ServeConfig:
     max_pixels: int = 40_000_000  # one image (decompression bombs)
     max_files: int = 256  # images in one predict request
     jobs: int = 1  # training jobs run at once; more wait in a queue
+    min_conf: float | None = None  # /predict answers "unknown" below this confidence unless a request sets its own
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -326,6 +330,7 @@ class ServeConfig:
         _check_range("max_pixels", self.max_pixels, 1)
         _check_range("max_files", self.max_files, 1)
         _check_range("jobs", self.jobs, 1, 64)
+        _check_range("min_conf", self.min_conf, 0.0, 1.0)
         if self.host not in LOOPBACK_HOSTS and not self.token:
             raise ConfigError(f"host={self.host!r} is reachable from other machines, so pigeon serve needs a token "
                               "there: --token SECRET, PIGEON_TOKEN=SECRET, or --token auto (prints a ?token= URL "

@@ -6,6 +6,7 @@ server can share one definition of "accuracy", and the tests can check it agains
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -135,7 +136,31 @@ def format_report(report: dict[str, Any]) -> str:
         worst = report["worst_class"]
         lines.append(f"balanced accuracy {100 * report['balanced_accuracy']:.2f}%   worst class {worst['class']} "
                      f"(recall {100 * worst['recall']:.2f}% of {worst['support']})")
+    if "calibration" in report:
+        lines += format_confidence(report["calibration"])
     return "\n".join(lines)
+
+
+def format_confidence(cal: dict[str, Any]) -> list[str]:
+    """How well confidence matches accuracy, and what each --min-conf threshold costs, as lines of text."""
+    if cal["temperature"] == 1.0:
+        lines = [f"confidence: ECE {100 * cal['ece']:.2f}%   NLL {cal['nll']:.4f}   (plain softmax: not calibrated)"]
+    else:
+        lines = [f"calibration: temperature {cal['temperature']:.3f}   ECE {100 * cal['ece']:.2f}% "
+                 f"(uncalibrated {100 * cal['ece_uncalibrated']:.2f}%)   NLL {cal['nll']:.4f} "
+                 f"(uncalibrated {cal['nll_uncalibrated']:.4f})"]
+    rows = [r for r in cal.get("thresholds", []) if r["target_coverage"] < 1.0]
+    if rows:
+        # Floored, so that the printed threshold answers at least the images it says it does.
+        lines.append("to abstain below a confidence, pick --min-conf from this table:")
+        lines += [f"  answer {100 * r['coverage']:5.1f}% of images at {100 * r['accuracy']:6.2f}% accuracy: "
+                  f"--min-conf {math.floor(r['min_conf'] * 1000) / 1000:.3f}" for r in rows]
+    if cal.get("abstain"):
+        a = cal["abstain"]
+        accuracy = "n/a" if a["accuracy_answered"] is None else f"{100 * a['accuracy_answered']:.2f}%"
+        lines.append(f"--min-conf {a['min_conf']:g}: answered {a['answered']} of {a['answered'] + a['abstained']} "
+                     f"({100 * a['coverage']:.1f}%) at {accuracy} accuracy; {a['abstained']} unknown")
+    return lines
 
 
 def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""PNG plots: training curves, confusion matrix, prediction grid.
+"""PNG plots: training curves, confusion matrix, prediction grid, calibration.
 
 matplotlib is imported inside each function, so importing pigeon costs nothing when no plot is drawn. We
 draw on a bare Figure with the Agg canvas rather than pyplot: no global figure registry to leak, no
@@ -158,6 +158,40 @@ def plot_prediction_grid(
         correct = pred_labels[i] == true_labels[i]
         title = f"{pred_labels[i]} ({100 * confidences[i]:.1f}%)\ntrue: {true_labels[i]}"
         ax.set_title(title, fontsize=8, color=_GREEN if correct else _RED)
+    return _save(fig, path)
+
+
+def plot_calibration(cal: dict[str, Any], path: str | os.PathLike[str], split: str = "val") -> Path:
+    """Two panels from a report's `calibration`: the reliability diagram (accuracy against confidence per
+    bin, before and after the temperature) and the risk-coverage curve (accuracy of the answered images
+    against the fraction answered)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    rel_ax, cov_ax = fig.subplots(1, 2)
+    rel_ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    series = [("reliability_uncalibrated", f"softmax (ECE {100 * cal['ece_uncalibrated']:.2f}%)", _RED)]
+    if cal["temperature"] != 1.0:
+        series.append(("reliability", f"temperature {cal['temperature']:.2f} (ECE {100 * cal['ece']:.2f}%)",
+                       _GREEN))
+    for key, label, color in series:
+        bins = [b for b in cal.get(key, []) if b["count"]]
+        rel_ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", markersize=4,
+                    color=color, label=label)
+    rel_ax.set_xlabel("confidence (mean per bin)")
+    rel_ax.set_ylabel("accuracy")
+    rel_ax.set_title(f"reliability on {split}")
+    rel_ax.set_xlim(0, 1)
+    rel_ax.set_ylim(0, 1.02)
+    rel_ax.grid(alpha=0.3)
+    rel_ax.legend(loc="upper left")
+    curve = cal.get("risk_coverage", [])
+    cov_ax.plot([100 * c["coverage"] for c in curve], [100 * c["accuracy"] for c in curve], color=_GREEN)
+    cov_ax.set_xlabel("images answered (%), most confident first")
+    cov_ax.set_ylabel("accuracy of the answered images (%)")
+    cov_ax.set_title("risk-coverage: what --min-conf costs")
+    cov_ax.set_xlim(0, 100)
+    cov_ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

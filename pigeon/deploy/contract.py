@@ -23,6 +23,8 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int, dynamic_batch: bool,
                   checkpoint: str) -> dict[str, Any]:
     pre = {**meta["preprocess"], "imgsz": imgsz}
+    calibration = meta.get("calibration") or None
+    temperature = float(calibration["temperature"]) if calibration else 1.0
     channels = int(pre["channels"])
     from pigeon.engine.checkpoint import versions
 
@@ -38,7 +40,12 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int
                        "stretch": f"resize to {imgsz}x{imgsz} ignoring aspect ratio"}[pre["resize"]],
             "normalize": "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
         },
-        "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis"},
+        "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis",
+                   "temperature": temperature,
+                   "calibrated": ("the graph divides the logits by the temperature fitted on the validation "
+                                  "split, so their softmax is calibrated" if temperature != 1.0 else
+                                  "no: the checkpoint has no fitted temperature")},
+        "calibration": ({**calibration, "applied_in_graph": True} if calibration else None),
         "source": {"checkpoint": checkpoint, "sha256": meta.get("sha256")},
         "versions": versions(),
     }

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pigeon.calibration import temperature_of
 from pigeon.config import ExportConfig
 from pigeon.deploy.contract import (
     INPUT_NAME,
@@ -46,6 +47,20 @@ class ExportResult:
         return self.contract.get("parity")
 
 
+class Tempered(nn.Module):
+    """The model with its calibration temperature inside the graph: any runtime's softmax of these logits is
+    the calibrated probability, with no pigeon code to apply it. Dividing keeps the order, so top-1 is
+    unchanged."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.inverse_temperature
+
+
 def default_path(checkpoint: Path, fmt: str, int8: bool) -> Path:
     stem = checkpoint.with_suffix("").name + ("_int8" if int8 else "")
     return checkpoint.with_name({"onnx": f"{stem}.onnx", "torchscript": f"{stem}.torchscript",
@@ -65,6 +80,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     model, meta = checkpoint.load_model(source)
     imgsz = cfg.imgsz or int(meta["preprocess"]["imgsz"])
     model = at_size(model, meta, imgsz).float().eval()
+    temperature = temperature_of(meta)
+    if temperature != 1.0:
+        model = Tempered(model, temperature).eval()
     out = Path(cfg.out) if cfg.out else default_path(source, cfg.format, cfg.int8)
     if out.is_dir() and cfg.format != "openvino":
         example = out / default_path(source, cfg.format, cfg.int8).name

@@ -116,5 +116,5 @@ def load_runtime(path: str | os.PathLike[str], threads: int | None = None) -> tu
                               f"folder with {sidecar(path).name})")
     meta = {"model": contract["model"], "classes": contract["classes"], "preprocess": contract["preprocess"],
             "config": {"amp": "off"}, "runtime": contract["runtime"], "precision": contract["precision"],
-            "contract": contract}
+            "contract": contract, "calibration": contract.get("calibration")}
     return module.eval(), meta

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pigeon.calibration import calibration_report
 from pigeon.data.preprocess import Preprocess, normalize
 from pigeon.engine.device import autocast
 from pigeon.metrics import classification_report
@@ -41,10 +42,18 @@ def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Prepro
 
 
 def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, classes: list[str],
-             spec: Preprocess, device: torch.device, **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
-    """Top-1/top-5, per-class precision/recall/F1, confusion matrix and mean cross-entropy; plus the logits."""
+             spec: Preprocess, device: torch.device, temperature: float = 1.0, min_conf: float | None = None,
+             **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """Top-1/top-5, per-class precision/recall/F1, confusion matrix and mean cross-entropy, and the
+    confidence figures at `temperature` (ECE, risk-coverage, thresholds; `min_conf`'s effect); plus the logits."""
     logits = logits_for(model, images, spec, device, **kw)
+    return report_for(logits, labels, classes, temperature, min_conf), logits
+
+
+def report_for(logits: torch.Tensor, labels: np.ndarray, classes: list[str], temperature: float = 1.0,
+               min_conf: float | None = None) -> dict[str, Any]:
     targets = torch.as_tensor(np.array(labels, dtype=np.int64))
     report = classification_report(logits, targets, list(classes))
-    report["loss"] = float(F.cross_entropy(logits, targets))
-    return report, logits
+    report["loss"] = float(F.cross_entropy(logits, targets))  # the training loss's scale: no temperature
+    report["calibration"] = calibration_report(logits, targets, temperature, min_conf)
+    return report

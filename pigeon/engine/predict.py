@@ -13,21 +13,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from pigeon.calibration import UNKNOWN, check_min_conf, temperature_of
 from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.engine.device import amp_dtype, select_device
 from pigeon.engine.evaluate import logits_for
-from pigeon.errors import DatasetError, describe
+from pigeon.errors import ConfigError, DatasetError, describe
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result. `error` is set (and the rest empty) when the image could not be read."""
+    """One image's result. `error` is set (and the rest empty) when the image could not be read.
+
+    With `min_conf` set, an image whose top-1 confidence is below it is `abstained`: its label is "unknown",
+    while `top1` and `probs` still hold the model's best guess for whoever wants to look.
+    """
 
     source: str
     classes: tuple[str, ...] = field(repr=False)
     probs: np.ndarray | None = field(default=None, repr=False)
     top_k: int = 5
     error: str | None = None
+    min_conf: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,15 +53,25 @@ class Prediction:
         return float(self.probs[self.top1]) if self.probs is not None and self.top1 is not None else None
 
     @property
+    def abstained(self) -> bool:
+        conf = self.top1_conf
+        return self.min_conf is not None and conf is not None and conf < self.min_conf
+
+    @property
     def label(self) -> str | None:
-        return self.classes[self.top1] if self.top1 is not None else None
+        if self.top1 is None:
+            return None
+        return UNKNOWN if self.abstained else self.classes[self.top1]
 
     def to_dict(self) -> dict[str, Any]:
         if self.probs is None:
             return {"source": self.source, "error": self.error}
-        return {"source": self.source, "label": self.label, "confidence": round(float(self.top1_conf or 0), 6),
-                "top_k": [{"label": self.classes[i], "index": i, "prob": round(float(self.probs[i]), 6)}
-                          for i in self.top5]}
+        out = {"source": self.source, "label": self.label, "confidence": round(float(self.top1_conf or 0), 6),
+               "top_k": [{"label": self.classes[i], "index": i, "prob": round(float(self.probs[i]), 6)}
+                         for i in self.top5]}
+        if self.min_conf is not None:
+            out.update(abstained=self.abstained, min_conf=self.min_conf)
+        return out
 
     def __repr__(self) -> str:
         if self.error:
@@ -126,6 +142,10 @@ class Classifier:
         self.meta = meta
         self.classes: tuple[str, ...] = tuple(meta["classes"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        # softmax(logits / T) with the temperature fitted after training: 1 for uncalibrated checkpoints and for
+        # exports, whose graph divides already.
+        self.temperature = temperature_of(meta)
+        self.fitted_temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
         # The same precision and memory format as training's validation, so predictions match the reported
         # accuracy: bf16 where the CPU or GPU runs it natively (5x the batch throughput on this CPU), unless
         # the model was trained and measured with amp off.
@@ -140,13 +160,22 @@ class Classifier:
         return (f"Classifier(model={self.meta.get('model')!r}, classes={len(self.classes)}, "
                 f"imgsz={self.preprocess.imgsz}, channels={self.preprocess.channels}, device={self.device})")
 
-    def predict(self, source: Any, top_k: int = 5, batch: int = 64) -> Prediction | list[Prediction]:
-        """Predict one image (returns a Prediction) or many (returns a list, in input order)."""
+    def predict(self, source: Any, top_k: int = 5, batch: int = 64,
+                min_conf: float | None = None) -> Prediction | list[Prediction]:
+        """Predict one image (returns a Prediction) or many (returns a list, in input order).
+
+        With `min_conf`, images whose calibrated top-1 confidence is below it are labelled "unknown".
+        """
         items, single = _items(source)
-        results = list(self.iter_predict(items, top_k=top_k, batch=batch))
+        results = list(self.iter_predict(items, top_k=top_k, batch=batch, min_conf=min_conf))
         return results[0] if single and len(results) == 1 else results
 
-    def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int) -> Iterator[Prediction]:
+    def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int,
+                     min_conf: float | None = None) -> Iterator[Prediction]:
+        try:
+            check_min_conf(min_conf)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         top_k = max(1, min(top_k, len(self.classes)))
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
@@ -162,10 +191,14 @@ class Classifier:
             good = [a for a in arrays if a is not None]
             probs = iter(self.probabilities(np.stack(good)) if good else [])
             for (name, _), arr, err in zip(chunk, arrays, errors):
-                yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err)
+                yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err, min_conf)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, C, H, W] already preprocessed -> probabilities [N, K]."""
-        logits = logits_for(self.model, images, self.preprocess, self.device, amp=self.amp,
-                            channels_last=self.channels_last)
-        return logits.softmax(1).numpy()
+        """uint8 [N, C, H, W] already preprocessed -> calibrated probabilities [N, K]."""
+        return (self.logits(images) / self.temperature).softmax(1).numpy()
+
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [N, C, H, W] already preprocessed -> logits [N, K], before the checkpoint's temperature (an
+        export's graph has divided by its own already)."""
+        return logits_for(self.model, images, self.preprocess, self.device, amp=self.amp,
+                          channels_last=self.channels_last)

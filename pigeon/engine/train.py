@@ -26,7 +26,7 @@ from pigeon.data.preprocess import normalize
 from pigeon.engine import balance, checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
-from pigeon.engine.evaluate import evaluate
+from pigeon.engine.evaluate import evaluate, logits_for, report_for
 from pigeon.engine.pretrained import Weights, fit_weights, read_weights
 from pigeon.engine.recipe import AUTO_MODEL, default_recipe, describe
 from pigeon.engine.schedule import ema_decay_for, lr_at
@@ -447,13 +447,19 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     best_model, _ = checkpoint.load_model(best_path)
     best_model = best_model.to(device).to(memory_format=memory_format)
     results: dict[str, dict[str, Any] | None] = {"val": None, "test": None}
-    for name in ("val", "test"):
-        if name in ds.splits:
-            split = ds.splits[name]
-            rep, logits = evaluate(best_model, split.images, split.labels, classes, spec, device, **eval_kw)
-            results[name] = rep
-            if name == eval_name and cfg.plots:
-                _plots(run_dir, rows, rep, split, logits, classes, eval_name, best_model, spec, device)
+    final_logits = {name: logits_for(best_model, ds.splits[name].images, spec, device, **eval_kw)
+                    for name in ("val", "test") if name in ds.splits}
+    calibration = _calibrate(cfg, final_logits.get("val"), ds.splits.get("val"), say)
+    temperature = calibration["temperature"] if calibration else 1.0
+    for name, logits in final_logits.items():
+        split = ds.splits[name]
+        results[name] = rep = report_for(logits, split.labels, classes, temperature)
+        if name == eval_name and cfg.plots:
+            _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
+    if calibration and results["test"] is not None:
+        test_cal = results["test"]["calibration"]
+        say(f"on test: ECE {test_cal['ece_uncalibrated']:.2%} -> {test_cal['ece']:.2%}, NLL "
+            f"{test_cal['nll_uncalibrated']:.4f} -> {test_cal['nll']:.4f} with the val temperature")
     seconds = time.perf_counter() - t0
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
                "selected_on": "val" if eval_name == "val" else "final epoch", "stopped": stopped,
@@ -465,7 +471,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                              "the best epoch was chosen on val and is reported on val; add a test/ folder (same "
                              "class folders, images used for nothing else) for an unbiased figure")
     write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
-    checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch,
+    checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch, "calibration": calibration,
                                             "metrics": {k: _brief(v) for k, v in results.items() if v}})
     headline = results["test"] or results["val"]
     emit({"event": "done", "run_dir": str(run_dir), **summary})
@@ -485,8 +491,34 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
 def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if report is None:
         return None
-    return {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "balanced_accuracy", "worst_class", "loss")
-            if k in report}
+    brief = {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "balanced_accuracy", "worst_class", "loss")
+             if k in report}
+    if "calibration" in report:
+        brief["ece"] = report["calibration"]["ece"]
+    return brief
+
+
+def _calibrate(cfg: TrainConfig, val_logits: torch.Tensor | None, val: Any, say: Any) -> dict[str, Any] | None:
+    """Fit the softmax temperature on the val split (never on test), or say why the run stays uncalibrated."""
+    from pigeon.calibration import ece, fit_temperature, nll, why_not_calibrate
+
+    if not cfg.calibrate:
+        return None
+    if val_logits is None or val is None:
+        say("not calibrated: there is no validation split to fit a temperature on (never test); keep one "
+            "(--val-fraction, or a val/ folder) for calibrated confidences")
+        return None
+    targets = torch.as_tensor(np.asarray(val.labels, dtype=np.int64))
+    reason = why_not_calibrate(val_logits, targets)
+    if reason:
+        say(f"not calibrated: {reason}; confidences are the plain softmax (temperature 1)")
+        return None
+    temperature = fit_temperature(val_logits, targets)
+    before, after = ece(val_logits.softmax(1), targets), ece((val_logits / temperature).softmax(1), targets)
+    say(f"calibrated: temperature {temperature:.3f} fitted on val ({len(targets)} images): ECE {before:.2%} -> "
+        f"{after:.2%}, NLL {nll(val_logits, targets):.4f} -> {nll(val_logits, targets, temperature):.4f}")
+    return {"temperature": temperature, "method": "temperature scaling, NLL on val", "fitted_on": "val",
+            "images": len(targets)}
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -584,6 +616,8 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
 
     plots.plot_curves(rows, run_dir / "curves.png", split=split_name)
     plots.plot_confusion(np.asarray(report["confusion"]), classes, run_dir / "confusion_matrix.png")
+    if "calibration" in report:
+        plots.plot_calibration(report["calibration"], run_dir / "calibration.png", split_name)
     probs = logits.softmax(1)
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(split.labels), size=min(25, len(split.labels)), replace=False))

@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pigeon._version import __version__
+from pigeon.calibration import UNKNOWN
 from pigeon.config import ServeConfig, TrainConfig, build
 from pigeon.errors import ConfigError, PigeonError
 from pigeon.serve import archives, datasets, jobs, plan, runs, security
@@ -344,16 +345,19 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
         """The models this server can answer with; `default` marks the one /predict uses."""
         return ctx.models.list()
 
-    async def predict(request: Request, model_id: str | None, top_k: int) -> dict[str, Any]:
+    async def predict(request: Request, model_id: str | None, top_k: int, min_conf: float | None) -> dict[str, Any]:
         ctx.extras["predicting"] += 1  # on the event loop only, so no lock is needed
         try:
-            return await _predict(request, model_id, top_k)
+            return await _predict(request, model_id, top_k, config.min_conf if min_conf is None else min_conf)
         finally:
             ctx.extras["predicting"] -= 1
 
-    async def _predict(request: Request, model_id: str | None, top_k: int) -> dict[str, Any]:
+    async def _predict(request: Request, model_id: str | None, top_k: int,
+                       min_conf: float | None) -> dict[str, Any]:
         if top_k < 1:
             raise ApiError(422, "bad_parameter", f"top_k={top_k} must be at least 1")
+        if min_conf is not None and not 0.0 <= min_conf <= 1.0:
+            raise ApiError(422, "bad_parameter", f"min_conf={min_conf} must be a probability between 0 and 1")
         t0 = time.perf_counter()
         model = ctx.models.loaded(model_id) or await run_in_threadpool(ctx.models.get, model_id)
         raw = await _read_images(request, config)
@@ -374,23 +378,30 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
         out = []
         for (name, _), p, d_ms in zip(raw, probs, decode_ms):
             order = np.argsort(-p)[:k]
-            out.append({"file": name, "top": [{"label": classes[i], "class_index": int(i), "score": float(p[i])}
-                                              for i in order],
+            confidence = float(p[order[0]])
+            abstained = min_conf is not None and confidence < min_conf
+            out.append({"file": name, "label": UNKNOWN if abstained else classes[order[0]],
+                        "confidence": confidence, "abstained": abstained,
+                        "top": [{"label": classes[i], "class_index": int(i), "score": float(p[i])} for i in order],
                         "ms": {"decode": round(d_ms, 3), "inference": round(inference_ms, 3),
                                "total": round(d_ms + inference_ms, 3)}})
-        return {"model": {"id": model.id, "name": model.name, "sha256": model.sha256}, "predictions": out,
+        return {"model": {"id": model.id, "name": model.name, "sha256": model.sha256,
+                          "temperature": model.clf.temperature}, "min_conf": min_conf, "predictions": out,
                 "ms": {"total": round((time.perf_counter() - t0) * 1000, 3)}}
 
-    predict_doc = ("Top-k classes of one or more images. Body: multipart `file` fields (repeatable), raw image "
-                   "bytes (Content-Type image/*), or JSON {\"images\": [base64, ...]}.")
+    predict_doc = ("Top-k classes of one or more images, with calibrated scores. Body: multipart `file` fields "
+                   "(repeatable), raw image bytes (Content-Type image/*), or JSON {\"images\": [base64, ...]}. "
+                   "`min_conf` (default: the server's --min-conf): below it an image's label is \"unknown\" and "
+                   "`abstained` is true; `top` still lists the model's guesses.")
 
     @api.post("/predict", tags=["predict"], description=predict_doc)
-    async def predict_default(request: Request, top_k: int = 5) -> dict[str, Any]:
-        return await predict(request, None, top_k)
+    async def predict_default(request: Request, top_k: int = 5, min_conf: float | None = None) -> dict[str, Any]:
+        return await predict(request, None, top_k, min_conf)
 
     @api.post("/models/{model_id}/predict", tags=["predict"], description=predict_doc)
-    async def predict_with(model_id: str, request: Request, top_k: int = 5) -> dict[str, Any]:
-        return await predict(request, model_id, top_k)
+    async def predict_with(model_id: str, request: Request, top_k: int = 5,
+                           min_conf: float | None = None) -> dict[str, Any]:
+        return await predict(request, model_id, top_k, min_conf)
 
 
 def _dataset(ctx: ServeContext, dataset_id: str) -> dict[str, Any]:

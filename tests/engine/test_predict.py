@@ -129,8 +129,10 @@ def test_predictions_agree_with_evaluate(clf: Classifier, test_split: tuple[np.n
     preds = clf.predict(images, batch=512)
     assert len(preds) == len(labels) == 450
     assert [p.top1 for p in preds] == logits.argmax(1).tolist()
-    np.testing.assert_allclose(np.stack([p.probs for p in preds]), logits.softmax(1).numpy(), rtol=1e-5,
-                               atol=1e-7)
+    # predict's probabilities are the calibrated ones: softmax at the temperature fitted on val in training
+    assert clf.temperature != 1.0
+    np.testing.assert_allclose(np.stack([p.probs for p in preds]), (logits / clf.temperature).softmax(1).numpy(),
+                               rtol=1e-5, atol=1e-7)
     assert np.mean([p.top1 == y for p, y in zip(preds, labels)]) == report["top1"]
     assert report["top1"] >= 0.9
 

@@ -170,3 +170,28 @@ def test_an_onnx_export_is_served_too(make_client: Any, checkpoint: Path, tmp_pa
     served = client.post("/api/v1/predict", files=files).json()["predictions"]
     expected = pigeon.load(onnx).predict([digit_pngs[i][1] for i in range(3)])
     assert [p["top"][0]["label"] for p in served] == [e.label for e in expected]
+
+
+def test_min_conf_answers_unknown_below_it(make_client: Any, checkpoint: Path, h: Any,
+                                           digit_pngs: list[tuple[int, bytes]]) -> None:
+    import pigeon
+
+    clf = pigeon.load(checkpoint, device="cpu")
+    images = [data for _, data in digit_pngs[:12]]
+    confs = [float(clf.predict(data).top1_conf) for data in images]
+    threshold = float(np.median(confs))
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    served = make_client(model=str(checkpoint), min_conf=threshold)  # the server's default threshold
+    _wait_ready(served)
+    answer = served.post("/api/v1/predict", files=files).json()
+    assert answer["min_conf"] == threshold and answer["model"]["temperature"] == clf.temperature
+    for pred, conf in zip(answer["predictions"], confs):
+        assert pred["abstained"] is (conf < threshold)
+        assert pred["label"] == ("unknown" if conf < threshold else pred["top"][0]["label"])
+        assert pred["confidence"] == pytest.approx(conf, abs=1e-4)
+    assert any(p["abstained"] for p in answer["predictions"]) and not all(p["abstained"] for p in
+                                                                           answer["predictions"])
+    # a request's own min_conf wins over the server's
+    relaxed = served.post("/api/v1/predict?min_conf=0", files=files).json()
+    assert not any(p["abstained"] for p in relaxed["predictions"])
+    assert h.error(served.post("/api/v1/predict?min_conf=2", files=files)) == (422, "bad_parameter")

@@ -368,7 +368,8 @@ async function predictFiles(files) {
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name || "pasted.png");
   const k = Number($("#top-k").value) || 5;
-  const url = `/api/v1/models/${model}/predict?top_k=${k}`;
+  const minConf = $("#min-conf").value;
+  const url = `/api/v1/models/${model}/predict?top_k=${k}` + (minConf !== "" ? `&min_conf=${Number(minConf)}` : "");
   const auth = TOKEN ? ` -H "Authorization: Bearer $PIGEON_TOKEN"` : "";
   $("#curl").textContent = `curl${auth} ${files.map((f) => `-F "file=@${f.name || "image.png"}"`).join(" ")} "${location.origin}${url}"`;
   await guarded(async () => {
@@ -376,7 +377,7 @@ async function predictFiles(files) {
     $("#raw-json").textContent = JSON.stringify(res, null, 2);
     $("#predictions").replaceChildren(...res.predictions.map((p, i) => el("div", { class: "pred" },
       el("img", { src: URL.createObjectURL(files[i]), alt: p.file }),
-      el("div", {}, el("strong", { class: "top-label", text: `${p.top[0].label} ${pct(p.top[0].score)}` }),
+      el("div", {}, el("strong", { class: "top-label", text: p.abstained ? `unknown: best guess ${p.top[0].label} ${pct(p.top[0].score)} is below ${pct(res.min_conf)}` : `${p.top[0].label} ${pct(p.top[0].score)}` }),
         ...p.top.map((t) => el("div", { class: "bar" }, el("span", { class: "label", text: t.label }),
           el("span", { class: "fill", style: `width:${Math.max(1, Math.round(250 * t.score))}px` }), el("span", { text: pct(t.score) }))),
         el("small", { text: `decode ${p.ms.decode.toFixed(1)} ms · inference ${p.ms.inference.toFixed(1)} ms · total ${p.ms.total.toFixed(1)} ms` })))));
