@@ -16,6 +16,7 @@ from pigeon.errors import CheckpointError, DatasetError
 
 if TYPE_CHECKING:
     from pigeon.audits import AuditResult
+    from pigeon.data.builtins import BuiltinInfo
     from pigeon.deploy import ExportResult
     from pigeon.engine.saliency import ExplainResult
     from pigeon.tuning import TuneResult
@@ -26,7 +27,8 @@ def train(data: str = "", config: str | os.PathLike[str] | None = None, **option
 
     Args:
         data: a folder of class subfolders (optionally split into train/val/test) or a built-in
-            dataset name: "fashion-mnist", "digits". Not needed with resume="runs/train/<name>".
+            dataset name: "fashion-mnist", "digits", "mnist", "cifar10", "cifar100" (see datasets()). Not needed
+            with resume="runs/train/<name>".
         config: a YAML or JSON file of options (or a run's config.json, to reproduce it); keyword options
             override it.
         **options: model="pigeon-n", epochs=10, batch=128, imgsz=..., lr=..., device="auto", ...
@@ -207,6 +209,14 @@ def explain(model: str | os.PathLike[str] | Classifier, source: Any, method: str
     clf = _classifier(model, options.pop("device", "auto"))
     origin = "model" if isinstance(model, Classifier) else str(model)
     return _explain(clf, source, method=method, target=target, layer=layer, out=out, origin=origin, **options)
+
+
+def datasets(cache_dir: str | os.PathLike[str] | None = None) -> list[BuiltinInfo]:
+    """The built-in datasets: splits, classes, image size, download size and where each is found on this
+    machine (or the address it would be downloaded from). Reads folder listings only; downloads nothing."""
+    from pigeon.data.builtins import describe
+
+    return describe(None if cache_dir is None else str(cache_dir))
 
 
 def runs(project: str | os.PathLike[str] = "runs/train", sort: str | None = None) -> list[dict[str, Any]]:

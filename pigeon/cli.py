@@ -31,7 +31,8 @@ from pigeon.config import (
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
 
 TRAIN_HELP = {
-    "data": "image folder (root/{train,val,test}/<class>/...) or built-in: fashion-mnist, digits",
+    "data": "image folder (root/{train,val,test}/<class>/...) or built-in: fashion-mnist, digits, mnist, cifar10, "
+            "cifar100 (see `pigeon datasets`)",
     "model": "model name (see `pigeon models`); auto: the recipe for this device (pigeon-p on a CPU, pigeon-n "
              "on a GPU), or the --weights checkpoint's own model",
     "weights": "start from these weights: a pigeon checkpoint, .safetensors, .pth state dict (read without "
@@ -186,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Image classification: train, val, predict, export, bench, "
                                                  "audit; explain, runs, compare, tune; serve.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models,explain,runs,"
-                                  "compare,tune,serve}")
+    verbs = parser.add_subparsers(dest="verb", metavar="{train,val,predict,export,bench,audit,models,datasets,"
+                                  "explain,runs,compare,tune,serve}")
     verbs.add_parser = functools.partial(verbs.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
     p = verbs.add_parser("train", help="train a classifier on a folder of images or a built-in dataset",
@@ -251,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                          description="pigeon's own models, and how to name timm and torchvision ones.")
     p.add_argument("--filter", metavar="PATTERN", help="list every model matching this pattern (e.g. "
                    "'resnet*'), timm's and torchvision's included")
+
+    p = verbs.add_parser("datasets", help="list the built-in datasets, their sizes and where each is found",
+                         description="The built-in --data names, their splits and sizes, and where each is found "
+                                     "on this machine or downloaded from. Downloads nothing. Also pigeon.datasets().")
+    p.add_argument("--cache-dir", help="the cache a download goes to (default $PIGEON_CACHE_DIR or ~/.cache/pigeon)")
     _add_insight_verbs(verbs)
     return parser
 
@@ -393,7 +399,7 @@ def _print_predictions(preds: list[Any], top_k: int) -> None:
             continue
         first = 0 if p.abstained else 1  # an abstention lists its best guess among the alternatives
         alts = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[first:top_k])
-        print(f"{p.source}: {p.label} ({p.top1_conf:.1%}" + (f" < min-conf {p.min_conf:.0%})" if p.abstained
+        print(f"{p.source}: {p.label} ({p.top1_conf:.1%}" + (f" < min-conf {p.min_conf:g})" if p.abstained
               else ")") + (f"  [{alts}]" if alts else ""))
 
 
@@ -432,6 +438,20 @@ def _print_models(pattern: str | None) -> int:
                   f"--model {prefix}:resnet18; list them with `pigeon models --filter 'resnet*'`")
         else:
             print(f"{prefix}:<name>  {package} architectures: pip install 'pigeon[{prefix}]'")
+    return 0
+
+
+def _print_datasets(cache_dir: str | None) -> int:
+    import pigeon
+
+    rows = [(d.name, f"{d.train:,}", f"{d.test:,}", str(d.classes), d.image,
+             f"{d.download_bytes / 1e6:.1f} MB" if d.download_bytes else "-", d.where)
+            for d in pigeon.datasets(cache_dir)]
+    head = ("name", "train", "test", "classes", "image", "download", "where")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    for row in [head, *rows]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join([*cells, row[-1]]))
     return 0
 
 
@@ -476,6 +496,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "models":
         return _print_models(args.filter)
+    if args.verb == "datasets":
+        return _print_datasets(args.cache_dir)
     if args.verb == "serve":
         from pigeon.serve import serve
 

@@ -112,7 +112,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_types(self)
         if not self.data and not self.resume:
-            raise ConfigError("data is required: a folder of images or a built-in name (fashion-mnist, digits)")
+            raise ConfigError("data is required: a folder of images or a built-in name (see `pigeon datasets`)")
         _check_range("epochs", self.epochs, 1)
         _check_range("batch", self.batch, 1)
         _check_range("imgsz", self.imgsz, 8, 1024)

@@ -110,7 +110,7 @@ class TuneConfig:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigError(f"{name}={value!r} has the wrong type")
         if not self.data:
-            raise ConfigError("data is required: a folder of images or a built-in name (digits, fashion-mnist)")
+            raise ConfigError("data is required: a folder of images or a built-in name (see `pigeon datasets`)")
         if self.time is None and self.trials is None:
             raise ConfigError("give a budget: time (e.g. --time 1h) and/or trials (e.g. --trials 20)")
         if self.time is not None:

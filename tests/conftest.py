@@ -17,8 +17,9 @@ import pytest
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path_factory.mktemp("pigeon-cache")))
-    for var in ("PIGEON_FASHION_MNIST", "PIGEON_FASHION_MNIST_URL"):
-        monkeypatch.delenv(var, raising=False)
+    for name in ("FASHION_MNIST", "MNIST", "CIFAR10", "CIFAR100"):  # a built-in's local copy and its mirror
+        for var in (f"PIGEON_{name}", f"PIGEON_{name}_URL"):
+            monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ def verbs(work: Path) -> list[tuple[str, list[str]]]:
                    "--imgsz", "16", "--batch", "16", *cpu]),
         ("models", ["models"]),
         ("models --filter", ["models", "--filter", "resnet1*"]),
+        ("datasets", ["datasets"]),
         # the app and the API on a loopback port: the page, a dataset, a training job in its child process,
         # and a predict request (see _serve); the loopback connections are allowed, nothing else
         ("serve", ["serve"]),

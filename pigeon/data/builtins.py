@@ -1,24 +1,26 @@
-"""Built-in datasets, all offline-capable: Fashion-MNIST (original IDX files) and scikit-learn's digits."""
+"""Built-in datasets: Fashion-MNIST, MNIST, CIFAR-10 and CIFAR-100 (their original files, found on this machine
+or downloaded once and verified) and scikit-learn's digits."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import hashlib
-import os
-import urllib.error
-import urllib.request
-import zlib
+import importlib.util
+import tarfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats, stratified_split
+from pigeon.data.downloads import Copy, Source, download, find, local_copy
 from pigeon.data.preprocess import Preprocess, image_to_array
 from pigeon.errors import DatasetError
-from pigeon.io import atomic_write_bytes
 from pigeon.offline import offline
+
+Loaded = tuple[dict[str, Split], tuple[str, ...], float]  # splits, class names, default flip probability
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -31,6 +33,45 @@ FASHION_FILES = {
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian/Ubuntu: apt-get install dataset-fashion-mnist
+CIFAR10_DIR, CIFAR100_DIR = "cifar-10-batches-bin", "cifar-100-binary"  # the archives' top folders
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+
+# The binary versions of CIFAR: the python versions hold pickles, and nothing pigeon loads may run code.
+SOURCES = {
+    "fashion-mnist": Source(
+        "fashion-mnist", "Fashion-MNIST", FASHION_FILES, "gunzip-sha256", (FASHION_URL,),
+        "PIGEON_FASHION_MNIST", "PIGEON_FASHION_MNIST_URL", SYSTEM_DIRS, "dataset-fashion-mnist",
+        download_bytes=30_878_645),
+    "mnist": Source(
+        # MD5s of the .gz files as torchvision's MNIST lists them; the original site often refuses, so
+        # torchvision's own copy on S3 follows it. Debian packages no MNIST.
+        "mnist", "MNIST", {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        }, "md5", ("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        "PIGEON_MNIST", "PIGEON_MNIST_URL", download_bytes=11_594_722),
+    "cifar10": Source(
+        # MD5 as published on https://www.cs.toronto.edu/~kriz/cifar.html
+        "cifar10", "CIFAR-10", {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"}, "md5",
+        ("https://www.cs.toronto.edu/~kriz/",), "PIGEON_CIFAR10", "PIGEON_CIFAR10_URL",
+        unpacked=tuple(f"{CIFAR10_DIR}/{n}" for n in (*CIFAR10_TRAIN, "test_batch.bin", "batches.meta.txt")),
+        download_bytes=170_052_171),
+    "cifar100": Source(
+        "cifar100", "CIFAR-100", {"cifar-100-binary.tar.gz": "03b5dce01913d631647c71ecec9e9cb8"}, "md5",
+        ("https://www.cs.toronto.edu/~kriz/",), "PIGEON_CIFAR100", "PIGEON_CIFAR100_URL",
+        unpacked=tuple(f"{CIFAR100_DIR}/{n}" for n in ("train.bin", "test.bin", "fine_label_names.txt")),
+        download_bytes=168_513_733),
+}
+
+
+def source(name: str) -> Source:
+    """A built-in's download source. Fashion-MNIST's files and folders are read from FASHION_FILES and
+    SYSTEM_DIRS at call time, the names its tests (and anyone pinning another copy) substitute."""
+    if name == "fashion-mnist":
+        return dataclasses.replace(SOURCES[name], files=FASHION_FILES, system_dirs=SYSTEM_DIRS)
+    return SOURCES[name]
 
 
 def read_idx(raw: bytes) -> np.ndarray:
@@ -45,78 +86,94 @@ def read_idx(raw: bytes) -> np.ndarray:
     return data.reshape(tuple(dims))
 
 
-def _candidate_dirs(cache_dir: str | None) -> list[Path]:
-    dirs = [Path(os.environ["PIGEON_FASHION_MNIST"])] if os.environ.get("PIGEON_FASHION_MNIST") else []
-    return dirs + [Path(d) for d in SYSTEM_DIRS] + [cache.cache_root(cache_dir) / "datasets" / "fashion-mnist"]
-
-
-def _verified(path: Path) -> bytes | None:
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error):
-        return None
-    return raw if hashlib.sha256(raw).hexdigest() == FASHION_FILES[path.name] else None
-
-
 def download_fashion_mnist(dest: Path, base_url: str | None = None, timeout: float = 30.0) -> None:
     """Fetch the four original files into `dest`, checking each one's checksum before keeping it.
 
     From $PIGEON_FASHION_MNIST_URL when set (a mirror), else the dataset's original address; never with
     PIGEON_OFFLINE=1."""
-    base_url = base_url or os.environ.get("PIGEON_FASHION_MNIST_URL") or FASHION_URL
-    for name, sha in FASHION_FILES.items():
-        if (dest / name).exists() and _verified(dest / name) is not None:
-            continue
-        url = base_url.rstrip("/") + "/" + name
-        if offline():
-            raise DatasetError(
-                f"--data fashion-mnist: the dataset is not on this machine and PIGEON_OFFLINE=1 forbids downloading "
-                f"it from {base_url}. Fix: on Debian/Ubuntu run `apt-get install dataset-fashion-mnist`, or copy the "
-                f"four *-ubyte.gz files ({', '.join(FASHION_FILES)}) into a folder and set PIGEON_FASHION_MNIST to "
-                f"it, or place them in {dest}")
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                blob = response.read()
-        except (urllib.error.URLError, OSError) as err:
-            raise DatasetError(
-                f"Fashion-MNIST is not on this machine and {url} could not be fetched ({err}). Fix: on "
-                "Debian/Ubuntu run `apt-get install dataset-fashion-mnist`, or put the four *-ubyte.gz files "
-                f"in a folder and set PIGEON_FASHION_MNIST to it, or place them in {dest}") from None
-        try:
-            ok = hashlib.sha256(gzip.decompress(blob)).hexdigest() == sha
-        except (OSError, EOFError, zlib.error):
-            ok = False
-        if not ok:
-            raise DatasetError(f"{url} does not match the published Fashion-MNIST file (checksum mismatch); "
-                               "nothing was saved. Try again later or install dataset-fashion-mnist")
-        atomic_write_bytes(dest / name, blob)
+    download(source("fashion-mnist"), dest, (base_url,) if base_url else None, timeout)
 
 
-def _fashion_arrays(cache_dir: str | None, verbose: bool) -> dict[str, np.ndarray]:
-    for folder in _candidate_dirs(cache_dir):
-        if all((folder / name).exists() for name in FASHION_FILES):
-            raws = {name: _verified(folder / name) for name in FASHION_FILES}
-            bad = [name for name, raw in raws.items() if raw is None]
-            if bad:
-                raise DatasetError(f"{folder}: {', '.join(bad)} corrupt (checksum mismatch); delete and re-fetch")
-            return {name.split(".")[0]: read_idx(raw) for name, raw in raws.items() if raw is not None}
-    dest = _candidate_dirs(cache_dir)[-1]
-    if verbose:
-        print(f"Fashion-MNIST not found locally; downloading to {dest}")
-    download_fashion_mnist(dest)
-    return _fashion_arrays(cache_dir, verbose=False)
+def _idx_splits(copy: Copy, classes: int) -> dict[str, Split]:
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        arrays = []
+        for kind in ("images-idx3", "labels-idx1"):
+            path = copy.paths[f"{prefix}-{kind}-ubyte.gz"]
+            try:
+                arrays.append(read_idx(gzip.decompress(path.read_bytes())))
+            except ValueError as err:
+                raise DatasetError(f"{path}: {err}; delete it and pigeon downloads it again") from None
+        images, labels = arrays
+        if images.ndim != 3 or labels.shape != images.shape[:1] or (labels.size and labels.max() >= classes):
+            raise DatasetError(f"{copy.folder}: {prefix}-* hold images {images.shape} and labels {labels.shape}, "
+                               f"not N 28x28 images with N labels below {classes}; replace them with the originals")
+        splits[split] = Split(images[:, None], labels.astype(np.int64))
+    return splits
 
 
-def fashion_mnist(cache_dir: str | None, verbose: bool) -> tuple[dict[str, Split], tuple[str, ...], float]:
-    a = _fashion_arrays(cache_dir, verbose)
-    splits = {
-        "train": Split(a["train-images-idx3-ubyte"][:, None], a["train-labels-idx1-ubyte"].astype(np.int64)),
-        "test": Split(a["t10k-images-idx3-ubyte"][:, None], a["t10k-labels-idx1-ubyte"].astype(np.int64)),
-    }
-    return splits, FASHION_CLASSES, 0.5
+def fashion_mnist(cache_dir: str | None, verbose: bool) -> Loaded:
+    return _idx_splits(local_copy(source("fashion-mnist"), cache_dir, verbose), 10), FASHION_CLASSES, 0.5
 
 
-def digits(cache_dir: str | None, verbose: bool) -> tuple[dict[str, Split], tuple[str, ...], float]:
+def mnist(cache_dir: str | None, verbose: bool) -> Loaded:
+    splits = _idx_splits(local_copy(source("mnist"), cache_dir, verbose), 10)
+    return splits, tuple(str(d) for d in range(10)), 0.0  # a mirrored digit is a different symbol
+
+
+def _members(copy: Copy, wanted: tuple[str, ...]) -> dict[str, bytes]:
+    """The archive members `wanted` (paths inside it) by file name, read from the archive or the extracted
+    folder. Members are read straight from the stream, never extracted, so no member path can escape."""
+    if not copy.packed:
+        return {name: path.read_bytes() for name, path in copy.paths.items()}
+    (archive,) = copy.paths.values()
+    out = {}
+    with tarfile.open(archive, "r|gz") as tar:  # one pass over the stream: read each member as it comes
+        for member in tar:
+            if member.isfile() and member.name.removeprefix("./") in wanted:
+                fh = tar.extractfile(member)
+                assert fh is not None  # a regular file always has contents
+                out[Path(member.name).name] = fh.read()
+    missing = sorted({Path(m).name for m in wanted} - set(out))
+    if missing:
+        raise DatasetError(f"{archive}: {', '.join(missing)} missing from the archive; delete it and pigeon "
+                           "downloads it again")
+    return out
+
+
+def _cifar_records(where: str, raw: bytes, label_bytes: int, classes: int) -> Split:
+    """A CIFAR binary file: records of label byte(s) (CIFAR-100: coarse, fine) then 3072 bytes, R G B planes of
+    32x32, row-major: already [C, H, W]."""
+    size = label_bytes + 3 * 32 * 32
+    if not raw or len(raw) % size:
+        raise DatasetError(f"{where}: {len(raw)} bytes is not a whole number of {size}-byte CIFAR records; "
+                           "replace it with the original")
+    records = np.frombuffer(raw, np.uint8).reshape(-1, size)
+    labels = records[:, label_bytes - 1].astype(np.int64)  # the last label byte: CIFAR-100's fine label
+    if labels.max() >= classes:
+        raise DatasetError(f"{where}: label {labels.max()} in a {classes}-class dataset; replace it with the original")
+    return Split(np.ascontiguousarray(records[:, label_bytes:]).reshape(-1, 3, 32, 32), labels)
+
+
+def _cifar(name: str, train: tuple[str, ...], test: str, names: str, label_bytes: int, classes: int
+           ) -> Callable[[str | None, bool], Loaded]:
+    def load(cache_dir: str | None, verbose: bool) -> Loaded:
+        src = source(name)
+        copy = local_copy(src, cache_dir, verbose)
+        raw = _members(copy, src.unpacked)
+        where = str(next(iter(copy.paths.values()))) if copy.packed else str(copy.folder)
+        parts = [_cifar_records(f"{where}: {n}", raw.pop(n), label_bytes, classes) for n in train]
+        splits = {"train": Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])),
+                  "test": _cifar_records(f"{where}: {test}", raw.pop(test), label_bytes, classes)}
+        class_names = tuple(line.strip() for line in raw[names].decode("utf-8").splitlines() if line.strip())
+        if len(class_names) != classes:
+            raise DatasetError(f"{where}: {names} lists {len(class_names)} class names, not {classes}; replace "
+                               "it with the original")
+        return splits, class_names, 0.5
+    return load
+
+
+def digits(cache_dir: str | None, verbose: bool) -> Loaded:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -131,10 +188,70 @@ def digits(cache_dir: str | None, verbose: bool) -> tuple[dict[str, Split], tupl
     return splits, tuple(str(d) for d in range(10)), 0.0  # a mirrored digit is a different symbol
 
 
-BUILTINS: dict[str, Callable[[str | None, bool], tuple[dict[str, Split], tuple[str, ...], float]]] = {
-    "fashion-mnist": fashion_mnist,
-    "digits": digits,
+@dataclass(frozen=True)
+class Builtin:
+    load: Callable[[str | None, bool], Loaded]
+    what: str
+    train: int
+    test: int
+    classes: int
+    shape: tuple[int, int, int]  # channels, height, width
+
+
+BUILTINS = {
+    "fashion-mnist": Builtin(fashion_mnist, "Zalando's clothing images, grayscale", 60_000, 10_000, 10, (1, 28, 28)),
+    "digits": Builtin(digits, "scikit-learn's handwritten digits, grayscale", 1_347, 450, 10, (1, 8, 8)),
+    "mnist": Builtin(mnist, "handwritten digits, grayscale", 60_000, 10_000, 10, (1, 28, 28)),
+    "cifar10": Builtin(_cifar("cifar10", CIFAR10_TRAIN, "test_batch.bin", "batches.meta.txt", 1, 10),
+                       "tiny colour photos of 10 objects", 50_000, 10_000, 10, (3, 32, 32)),
+    "cifar100": Builtin(_cifar("cifar100", ("train.bin",), "test.bin", "fine_label_names.txt", 2, 100),
+                        "tiny colour photos, 100 fine classes", 50_000, 10_000, 100, (3, 32, 32)),
 }
+
+
+@dataclass(frozen=True)
+class BuiltinInfo:
+    """One line of `pigeon datasets`."""
+
+    name: str
+    what: str
+    train: int
+    test: int
+    classes: int
+    image: str  # "28x28 gray", "32x32 RGB"
+    download_bytes: int  # 0: nothing to download
+    found: str | None  # where the copy on this machine is (not yet verified), or None
+    url: str | None  # where it is downloaded from when not found
+
+    @property
+    def where(self) -> str:
+        if self.found is not None:
+            return self.found
+        if self.url is None:
+            return "not installed: pip install 'pigeon[digits]'"
+        if offline():
+            return f"not found (PIGEON_OFFLINE=1: will not download from {self.url})"
+        return f"not found (will download from {self.url})"
+
+
+def describe(cache_dir: str | None = None) -> list[BuiltinInfo]:
+    """Every built-in and where it is found, from folder listings only: nothing is read, hashed or fetched."""
+    out = []
+    for name, b in BUILTINS.items():
+        c, h, w = b.shape
+        common = dict(name=name, what=b.what, train=b.train, test=b.test, classes=b.classes,
+                      image=f"{w}x{h} {'gray' if c == 1 else 'RGB'}")
+        if name == "digits":
+            here = importlib.util.find_spec("sklearn") is not None
+            out.append(BuiltinInfo(**common, download_bytes=0, found="inside scikit-learn" if here else None,
+                                   url=None))
+            continue
+        src = source(name)
+        copy, url = find(src, cache_dir), src.base_urls()[0]
+        url = url.rstrip("/") + "/" + next(iter(src.files)) if len(src.files) == 1 else url  # one file: its own URL
+        out.append(BuiltinInfo(**common, download_bytes=src.download_bytes,
+                               found=None if copy is None else str(copy.folder), url=url))
+    return out
 
 
 def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) -> Split:
@@ -144,7 +261,9 @@ def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) ->
         out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                         shape=(len(split), spec.channels, spec.imgsz, spec.imgsz))
         for i, img in enumerate(split.images):
-            out[i] = image_to_array(Image.fromarray(np.asarray(img[0])), spec.imgsz, spec.channels, spec.resize)
+            pixels = np.asarray(img)
+            pil = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
+            out[i] = image_to_array(pil, spec.imgsz, spec.channels, spec.resize)
         out.flush()
         return ["images"], {}
 
@@ -154,13 +273,13 @@ def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) ->
 
 def load_builtin(name: str, *, imgsz: int | None, channels: int | None, resize: str,
                  cache_dir: str | None, verbose: bool = True) -> Dataset:
-    splits, classes, fliplr = BUILTINS[name](cache_dir, verbose)
-    native = splits["train"].images.shape[-1]
-    imgsz, channels = imgsz or native, channels or 1
+    splits, classes, fliplr = BUILTINS[name].load(cache_dir, verbose)
+    native_c, native = splits["train"].images.shape[1], splits["train"].images.shape[-1]
+    imgsz, channels = imgsz or native, channels or native_c
     spec = Preprocess(imgsz=imgsz, channels=channels, resize=resize, mean=(0.5,) * channels,
                       std=(0.5,) * channels)  # placeholders until the stats below; one per channel
     key = cache.fingerprint([name, native, spec.to_dict()])
-    if (imgsz, channels) != (native, 1):
+    if (imgsz, channels) != (native, native_c):
         splits = {s: _resized(sp, spec, cache.fingerprint([key, s]), cache_dir) for s, sp in splits.items()}
     mean, std = channel_stats(splits["train"].images)
     spec = Preprocess(imgsz=imgsz, channels=channels, resize=resize, mean=mean, std=std)

@@ -39,7 +39,7 @@ def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]
     """Find classes and files per split; returns (classes, {split: [(path, label)]}, skipped)."""
     if not root.exists():
         raise DatasetError(f"{root}: no such folder; give a folder of class subfolders or a built-in "
-                           "dataset name (fashion-mnist, digits)")
+                           "dataset name (see `pigeon datasets`)")
     if not root.is_dir():
         raise DatasetError(f"{root} is a file, not a folder; give the folder that holds train/ "
                            "(or the class subfolders)")
