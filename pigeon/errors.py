@@ -43,7 +43,14 @@ def describe(err: BaseException) -> str:
     return str(err) if isinstance(err, ImageError) else f"{type(err).__name__}: {err}"
 
 
+ALIASES = {"learning_rate": "lr", "batch_size": "batch", "bs": "batch", "img_size": "imgsz", "image_size": "imgsz",
+           "num_epochs": "epochs"}
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    choices = list(choices)
+    if ALIASES.get(name) in choices:  # other libraries' names for an option: spelling is no guide to them
+        return f" (did you mean {ALIASES[name]!r}?)"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,11 +26,11 @@ def _labels_drawn_from(logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:
-    base = torch.randn(20_000, 10, generator=torch.Generator().manual_seed(0)) * 2
+    base = torch.randn(5000, 10, generator=torch.Generator().manual_seed(0)) * 2
     targets = _labels_drawn_from(base)  # base's softmax is calibrated for these labels by construction
     for true_t in (0.5, 1.0, 3.0):
         fitted = cal.fit_temperature(base * true_t, targets)  # scaled logits need T = true_t to undo it
-        assert fitted == pytest.approx(true_t, rel=0.05)
+        assert fitted == pytest.approx(true_t, rel=0.1)
 
 
 def test_the_fitted_temperature_minimises_nll() -> None:
@@ -209,11 +210,12 @@ def test_the_onnx_export_carries_the_temperature(digits_run: Path, clf: pigeon.C
 
 
 def test_no_calibrate_and_a_too_small_val_split_keep_the_plain_softmax(tiny_clf: pigeon.Classifier,
-                                                                      tmp_path: Path,
+                                                                      tmp_path: Path, digits_folder: Any,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     # tiny_clf trained on a folder of 18 images with default options: its val split is far too small
     assert tiny_clf.meta.get("calibration") is None and tiny_clf.temperature == 1.0
-    run = pigeon.train("digits", epochs=1, calibrate=False, plots=False, device="cpu", amp="off",
+    data = digits_folder(splits=("train", "val"), per_class={"train": 10, "val": 20}, size=8)
+    run = pigeon.train(str(data), epochs=1, calibrate=False, plots=False, device="cpu", amp="off",
                        project=str(tmp_path), name="raw")
     assert "calibrated: temperature" not in capsys.readouterr().out
     raw = pigeon.load(run.best, device="cpu")

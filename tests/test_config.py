@@ -18,12 +18,13 @@ def test_unknown_keyword_to_train_is_refused_with_a_suggestion(tmp_path: Path) -
         pigeon.train(data="digits", epoch=3, project=str(tmp_path / "runs"))
     message = str(info.value)
     assert message.startswith("unknown option 'epoch' (did you mean 'epochs'?); valid options: ")
-    assert "batch, cache_dir, channels" in message  # the valid names, sorted
+    assert "batch, cache_dir, calibrate, channels" in message  # the valid names, sorted
     assert not (tmp_path / "runs").exists()  # refused before any work
 
 
-@pytest.mark.parametrize(("typo", "meant"), [("learning_rate", None), ("val_frac", "val_fraction"),
-                                             ("weightdecay", "weight_decay"), ("imgsize", "imgsz")])
+@pytest.mark.parametrize(("typo", "meant"), [("learning_rate", "lr"), ("val_frac", "val_fraction"),
+                                             ("weightdecay", "weight_decay"), ("imgsize", "imgsz"),
+                                             ("xyzzy", None)])
 def test_suggestions(typo: str, meant: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         build(TrainConfig, data="digits", **{typo: 1})
