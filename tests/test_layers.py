@@ -15,7 +15,7 @@ LAYERS = [
     ["pigeon._version", "pigeon.errors", "pigeon.io", "pigeon.progress", "pigeon.offline"],
     ["pigeon.config"],
     # plots draws numbers, it knows no engine; configfile reads and writes option files for config
-    ["pigeon.data", "pigeon.models", "pigeon.metrics", "pigeon.plots", "pigeon.configfile"],
+    ["pigeon.data", "pigeon.models", "pigeon.metrics", "pigeon.calibration", "pigeon.plots", "pigeon.configfile"],
     ["pigeon.engine", "pigeon.tracking"],  # tracking is fed by the engine's events hook, it does not import it
     ["pigeon.deploy", "pigeon.audits", "pigeon.tuning", "pigeon.experiments"],
     ["pigeon.api"],
