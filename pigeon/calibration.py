@@ -194,7 +194,3 @@ def why_not_calibrate(logits: torch.Tensor, targets: torch.Tensor) -> str | None
         return "the model makes no mistake on the validation split, so there is no over- or under-confidence to fit"
     return None
 
-
-def check_min_conf(value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"min_conf must be a probability in [0, 1], got {value}")

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pigeon.calibration import UNKNOWN, check_min_conf, temperature_of
+from pigeon.calibration import UNKNOWN, temperature_of
+from pigeon.config import PredictConfig, build
 from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.engine.device import amp_dtype, select_device
 from pigeon.engine.evaluate import logits_for
-from pigeon.errors import ConfigError, DatasetError, describe
+from pigeon.errors import DatasetError, describe
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,7 @@ class Classifier:
 
     def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int,
                      min_conf: float | None = None) -> Iterator[Prediction]:
-        try:
-            check_min_conf(min_conf)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        build(PredictConfig, min_conf=min_conf)  # the check, and the message, of pigeon.predict's options
         top_k = max(1, min(top_k, len(self.classes)))
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
