@@ -30,21 +30,25 @@ def load_dataset(data: str, *, imgsz: int | None = None, channels: int | None = 
         raise DatasetError(f"{data}: no such folder, and not a built-in dataset{hint}; "
                            f"built-ins are {', '.join(BUILTINS)}")
     note = None
+    scanned = scan(Path(data).expanduser())  # once: listing a folder of 10,000 classes takes seconds
     if imgsz is None:
-        imgsz, note = folder_imgsz(Path(data).expanduser(), resize)
-    ds = load_folder(data, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir, verbose=verbose)
+        imgsz, note = folder_imgsz(Path(data).expanduser(), resize, files=scanned[1])
+    ds = load_folder(data, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir, verbose=verbose,
+                     scanned=scanned)
     return dataclasses.replace(ds, notes=(*ds.notes, note)) if note else ds
 
 
-def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMGSZ) -> tuple[int, str]:
+def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMGSZ,
+                 files: dict[str, list[tuple[Path, int]]] | None = None) -> tuple[int, str]:
     """The default input size for an image folder, and why: its images' own size when they are small (an 8x8
     glyph is not upscaled to 64), else `cap`, which keeps training on a CPU to minutes.
 
     The size is the median, over up to SIZE_SAMPLE training images spread over the classes, of the side that
     `resize` maps to the input (the shorter for crop, the longer for pad and stretch); only headers are read.
+    `files` is the folder's `scan`, when the caller has it.
     """
-
-    _, files, _ = scan(root)
+    if files is None:
+        _, files, _ = scan(root)
     train = files["train"]
     pick = train[:: max(1, len(train) // SIZE_SAMPLE)][:SIZE_SAMPLE]
     sides = [s for s in (_side(path, resize) for path, _ in pick) if s]

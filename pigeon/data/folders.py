@@ -35,7 +35,10 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return [split_dir / name for name in names]
 
 
-def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]], list[tuple[str, str]]]:
+Scan = tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]], list[tuple[str, str]]]
+
+
+def scan(root: Path) -> Scan:
     """Find classes and files per split; returns (classes, {split: [(path, label)]}, skipped)."""
     if not root.exists():
         raise DatasetError(f"{root}: no such folder; give a folder of class subfolders or a built-in "
@@ -142,9 +145,11 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
 
 
 def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | None, resize: str,
-                cache_dir: str | None, verbose: bool = True) -> Dataset:
+                cache_dir: str | None, verbose: bool = True, scanned: Scan | None = None) -> Dataset:
+    """`scanned`: this folder's `scan(root)`, when the caller already listed it."""
     root = Path(root).expanduser()
-    classes, files, skipped = scan(root)
+    classes, files, skipped = scanned or scan(root)
+    skipped = list(skipped)
     listing = [(s, str(p.relative_to(root)), lbl, *_stat(p)) for s, items in files.items() for p, lbl in items]
     store = cache.cache_root(cache_dir)
     # The entry and the fingerprint depend on the data and on what the preprocessing resolves to, never on how

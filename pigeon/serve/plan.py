@@ -52,8 +52,8 @@ def _folder_default(root: Path) -> tuple[int, int]:
     from pigeon.data.folders import scan
 
     try:
-        imgsz, _ = folder_imgsz(root)
         _, files, _ = scan(root)
+        imgsz, _ = folder_imgsz(root, files=files)
     except Exception:  # noqa: BLE001 - a folder that would not train gets no plan anyway
         return 32, 3
     sample = files["train"][:: max(1, len(files["train"]) // 20)][:20]

@@ -54,6 +54,25 @@ def test_digits_split_labels_and_range(cache_dir: Path, digits_arrays: tuple[np.
     assert list(cache_dir.iterdir()) == []  # native size: nothing to cache
 
 
+def test_digits_are_read_without_importing_sklearn_and_match_load_digits(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels, labels = builtins.digits_arrays()
+    np.testing.assert_array_equal(pixels, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+    # a release that moved the CSV: the same arrays through load_digits
+    spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path)]})()
+    monkeypatch.setattr(builtins.importlib.util, "find_spec", lambda name: spec)
+    moved_pixels, moved_labels = builtins.digits_arrays()
+    np.testing.assert_array_equal(moved_pixels, bunch.images)
+    np.testing.assert_array_equal(moved_labels, bunch.target)
+    monkeypatch.setattr(builtins.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match=r"pigeon\[digits\]"):
+        builtins.digits_arrays()
+
+
 def test_digits_test_split_is_fixed(cache_dir: Path) -> None:
     a = load_dataset("digits", cache_dir=str(cache_dir), verbose=False)
     b = load_dataset("digits", cache_dir=str(cache_dir), verbose=False)
