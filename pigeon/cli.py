@@ -67,6 +67,9 @@ TRAIN_HELP = {
     "translate": "random shift in pixels (pad and crop); default imgsz/10",
     "resized_crop": "random resized crop; default on for imgsz >= 64",
     "erase": "random erasing probability",
+    "mixup": "mixup: blend pairs of images and their labels, mixing weight ~ Beta(A, A); 0 = off (try 0.2)",
+    "cutmix": "CutMix: paste a box of one image into another, labels weighted by area, Beta(A, A); "
+              "0 = off (try 1.0); with --mixup too, each batch is one or the other",
     "val_fraction": "fraction of train held out for validation when the data has no val split (0 = none)",
     "select": "metric that picks the best epoch on val: top1, macro_f1 or loss",
     "patience": "stop after this many epochs without improvement on val (0 = never)",

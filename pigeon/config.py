@@ -90,6 +90,8 @@ class TrainConfig:
     translate: int | None = None
     resized_crop: bool | None = None
     erase: float = 0.0
+    mixup: float = 0.0  # Beta alpha of mixup (pigeon.data.mix); 0 = off
+    cutmix: float = 0.0  # Beta alpha of CutMix; 0 = off; with mixup too, each batch is one or the other
     val_fraction: float = 0.1
     select: str = "top1"
     patience: int = 0
@@ -142,6 +144,8 @@ class TrainConfig:
         _check_range("fliplr", self.fliplr, 0.0, 1.0)
         _check_range("translate", self.translate, 0)
         _check_range("erase", self.erase, 0.0, 1.0)
+        _check_range("mixup", self.mixup, 0.0, 100.0)
+        _check_range("cutmix", self.cutmix, 0.0, 100.0)
         _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_range("patience", self.patience, 0)
         _check_range("time", self.time, 0.0, lo_open=True)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from pigeon.config import TrainConfig
 from pigeon.data import Dataset, load_dataset, with_validation
 from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
+from pigeon.data.mix import mix, mix_params
 from pigeon.data.preprocess import normalize
 from pigeon.engine import balance, checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
@@ -152,6 +153,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, head: set[str] | None = N
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, lr: float, amp: torch.dtype | None, label_smoothing: float,
                grad_clip: float, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step; `y` is [N] class indices, or [N, K] soft targets (mixup, CutMix)."""
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     with autocast(x.device, amp):
@@ -336,6 +338,10 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     say(f"precision: {precision}")
+    if cfg.mixup or cfg.cutmix:
+        kinds = [f"{name} (Beta alpha {alpha:g})" for name, alpha in (("mixup", cfg.mixup), ("CutMix", cfg.cutmix))
+                 if alpha]
+        say(f"mixing: {' or '.join(kinds)}{', one or the other per batch' if len(kinds) > 1 else ''}; soft targets")
     epoch = int(progress_state["epoch"])
     stopped: str | None = None
     emit({"event": "start", "run_dir": str(run_dir), "epoch": epoch, "epochs": planned, "steps": steps_per_epoch,
@@ -358,10 +364,14 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             loss_sum = torch.zeros((), device=device)
             for i in range(steps_per_epoch):
                 idx = order[i * batch:(i + 1) * batch]
-                x = normalize(augment(images[idx], gen), mean, std).contiguous(memory_format=memory_format)
+                x, y = normalize(augment(images[idx], gen), mean, std), labels[idx]
+                mixing = mix_params(x.shape[-2], x.shape[-1], cfg.mixup, cfg.cutmix, gen)
+                if mixing is not None:
+                    x, y = mix(x, y, len(classes), mixing)  # y: soft targets
+                x = x.contiguous(memory_format=memory_format)
                 lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
-                loss_sum += train_step(model, x, labels[idx], opt, scaler, lr, amp, cfg.label_smoothing,
-                                       cfg.grad_clip, class_weight)
+                loss_sum += train_step(model, x, y, opt, scaler, lr, amp, cfg.label_smoothing, cfg.grad_clip,
+                                       class_weight)
                 if ema is not None:
                     ema.update(model)
                 step += 1

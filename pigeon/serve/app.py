@@ -443,7 +443,7 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
         keys = ("model", "epochs", "imgsz", "batch", "lr", "weight_decay", "fliplr", "translate", "erase",
                 "label_smoothing", "val_fraction", "weights", "time", "seed", "balance")
         recipe = recipe_for()
-        return {"models": names, "builtins": list(datasets.BUILTINS),
+        return {"models": names, "builtins": datasets.builtins_here(),
                 "defaults": {k: fields[k].default for k in keys},
                 "recipe": {"kind": recipe.kind, "model": recipe.model, "epochs": recipe.epochs,
                            "batch": recipe.batch, "why": recipe.why}}

@@ -20,7 +20,13 @@ import numpy as np
 from pigeon.errors import PigeonError
 from pigeon.serve.errors import ApiError
 
-BUILTINS = ("digits", "fashion-mnist")
+
+def builtins_here() -> list[str]:
+    """The built-in datasets with a copy on this machine. The app offers only these: a download of up to
+    170 MB is started from the command line (`pigeon datasets` says how), never by a form in a browser."""
+    from pigeon.data.builtins import describe
+
+    return [info.name for info in describe(None) if info.found is not None]
 THUMBS = 12
 THUMB_SIDE = 96
 
@@ -152,9 +158,16 @@ def create(home: Path, kind: str, name: str, source: str | Path, work: Path | No
     base = f"/api/v1/datasets/{dataset_id}"
     thumbs = home / "thumbs" / dataset_id
     if kind == "builtin":
+        from pigeon.data.builtins import BUILTINS
+
+        here = builtins_here()
         if source not in BUILTINS:
             raise ApiError(422, "bad_parameter", f"builtin={source!r} is not a built-in dataset; choose one of "
-                           f"{', '.join(BUILTINS)}")
+                           f"{', '.join(here)}")
+        if source not in here:
+            raise ApiError(422, "bad_parameter", f"builtin={source!r} is not on this machine, and the app downloads "
+                           f"nothing: run `pigeon train --data {source} --epochs 1` once (it downloads and checks "
+                           f"it), or see `pigeon datasets` for where a copy is looked for")
         summary = summarise_builtin(str(source), thumbs, base)
         path = str(source)
     else:

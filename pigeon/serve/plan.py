@@ -68,9 +68,11 @@ def _folder_default(root: Path) -> tuple[int, int]:
 
 
 def plan(record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from pigeon.data.builtins import BUILTINS
     from pigeon.engine.recipe import AUTO_MODEL, recipe_for
 
-    native = {"digits": (8, 1), "fashion-mnist": (28, 1)}.get(record["path"]) or _folder_default(Path(record["path"]))
+    builtin = BUILTINS.get(record["path"]) if record.get("kind") == "builtin" else None
+    native = (builtin.shape[1], builtin.shape[0]) if builtin else _folder_default(Path(record["path"]))
     imgsz = int(options.get("imgsz") or native[0])
     channels = int(options.get("channels") or native[1])
     classes = max(2, len(record["classes"]))
