@@ -441,7 +441,7 @@ def _workshop_routes(api: APIRouter, ctx: ServeContext) -> None:
                 names += more
         fields = TrainConfig.__dataclass_fields__
         keys = ("model", "epochs", "imgsz", "batch", "lr", "weight_decay", "fliplr", "translate", "erase",
-                "label_smoothing", "val_fraction", "weights", "time", "seed", "balance")
+                "mixup", "cutmix", "label_smoothing", "val_fraction", "weights", "time", "seed", "balance")
         recipe = recipe_for()
         return {"models": names, "builtins": datasets.builtins_here(),
                 "defaults": {k: fields[k].default for k in keys},

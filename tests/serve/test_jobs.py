@@ -217,3 +217,14 @@ def test_a_worker_that_outlived_its_server_is_accounted_for_when_it_ends(tmp_pat
                 store.job(job_id)["state"] == expected  # noqa: B023 - waited on now
     finally:
         runner.stop()
+
+
+def test_mixing_options_are_offered_and_checked_like_any_training_option(make_client: Any, h: Any) -> None:
+    client = make_client()
+    token = h.csrf(client)
+    defaults = client.get("/api/v1/train-options").json()["defaults"]
+    assert defaults["mixup"] == 0.0 and defaults["cutmix"] == 0.0  # the page shows them as off
+    ds = client.post("/api/v1/datasets", json={"builtin": "digits"}, headers=token).json()
+    bad = client.post("/api/v1/jobs", json={"dataset": ds["id"], "cutmix": -1}, headers=token)
+    assert h.error(bad) == (422, "bad_parameter") and "cutmix" in bad.json()["error"]["message"]
+    assert client.get("/api/v1/jobs").json() == []  # nothing was queued
