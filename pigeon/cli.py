@@ -27,6 +27,7 @@ from pigeon.config import (
     ExportConfig,
     ServeConfig,
     TrainConfig,
+    parse_imgsz,
 )
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
 
@@ -41,10 +42,10 @@ TRAIN_HELP = {
                "none, weights (loss weighted by inverse class count) or sampler (class-balanced draws)",
     "epochs": "passes over the training data (default: the recipe's: 15 on a CPU with native bf16, 10 elsewhere)",
     "batch": "images per training step (default: the recipe's: 256 on a CPU, 128 on a GPU)",
-    "imgsz": "square input size; default: the data's own size (28 for fashion-mnist; a folder's median image "
-             "side), at most 64 for folders",
+    "imgsz": "input size: one number for a square (64) or HEIGHTxWIDTH (96x192); default: the data's own size "
+             "(28 for fashion-mnist; a folder's median image side), at most 64 for folders",
     "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
-    "resize": "crop: shorter side to imgsz then centre crop; pad: letterbox; stretch: ignore aspect",
+    "resize": "crop: scale to cover imgsz then centre crop; pad: scale to fit then letterbox; stretch: ignore aspect",
     "optimizer": "sgd (Nesterov momentum) or adamw",
     "lr": "peak learning rate; default 0.2*batch/256 (sgd; 0.4*batch/256 for pigeon-p) or 2e-3*batch/256 (adamw)",
     "momentum": "SGD momentum",
@@ -64,8 +65,8 @@ TRAIN_HELP = {
                      "then everything; needs --weights",
     "backbone_lr_mult": "learning-rate multiplier for everything but the head (needs --weights)",
     "fliplr": "horizontal flip probability; default 0.5 (0 for digits)",
-    "translate": "random shift in pixels (pad and crop); default imgsz/10",
-    "resized_crop": "random resized crop; default on for imgsz >= 64",
+    "translate": "random shift in pixels (pad and crop); default a tenth of imgsz's shorter side",
+    "resized_crop": "random resized crop; default on when imgsz's shorter side is 64 or more",
     "erase": "random erasing probability",
     "mixup": "mixup: blend pairs of images and their labels, mixing weight ~ Beta(A, A); 0 = off (try 0.2)",
     "cutmix": "CutMix: paste a box of one image into another, labels weighted by area, Beta(A, A); "
@@ -94,7 +95,7 @@ EXPORT_HELP = {
     "format": "onnx, torchscript or openvino",
     "out": "output path (default: beside the checkpoint: best.onnx, best_int8.onnx, best.torchscript, "
            "best_openvino/)",
-    "imgsz": "input size of the exported graph (default: the checkpoint's)",
+    "imgsz": "input size of the exported graph: 64 or HEIGHTxWIDTH (default: the checkpoint's)",
     "dynamic_batch": "accept any batch size (default: batch 1)",
     "opset": "ONNX opset",
     "int8": "static INT8 quantization of the ONNX graph, calibrated on training images",
@@ -113,7 +114,7 @@ EXPORT_HELP = {
 BENCH_HELP = {
     "model": "checkpoint to measure: runs/train/<name>/weights/best.safetensors",
     "formats": f"comma-separated: {','.join(BENCH_FORMATS)}",
-    "imgsz": "comma-separated input sizes, e.g. 28,64 (default: the checkpoint's)",
+    "imgsz": "comma-separated input sizes, e.g. 28,64 or 64,96x192 (default: the checkpoint's)",
     "data": "images for accuracy (val split, else test) (default: the training data)",
     "runs": "timed single-image predictions per row (at least 50)",
     "warmup": "untimed predictions before timing",
@@ -166,6 +167,15 @@ CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDU
            "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS}
 
 
+def _size_arg(text: str) -> Any:
+    """--imgsz as the Python API would get it (64, or (96, 192)), so a CLI run and an API run store the same
+    value; text that is no size goes on as it is, for the config to refuse with its message."""
+    try:
+        return parse_imgsz(text)
+    except ConfigError:
+        return text
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
                            skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
@@ -175,6 +185,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: di
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+        if any(typing.get_origin(t) is tuple for t in base):  # a size: 64 or 96x192
+            base = [_size_arg]
         default = None if f.default is dataclasses.MISSING else f.default
         text = helps.get(f.name, "") + (f" (default: {default})" if default is not None else "")
         if base[0] is bool:

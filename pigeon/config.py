@@ -35,6 +35,62 @@ def _check_range(name: str, value: float | None, lo: float, hi: float | None = N
         raise ConfigError(f"{name}={value!r} is out of range; it must be {bounds}")
 
 
+SIZE_RANGE = (8, 1024)  # pixels, per side
+Size = int | tuple[int, int]  # an input size: an int is a square, else (height, width)
+
+
+def parse_imgsz(value: Any, name: str = "imgsz") -> int | tuple[int, int]:
+    """An input size: 64, "64", "96x192", (96, 192) or [96, 192] (a config file's JSON) -> 64 or (96, 192).
+
+    A square is always the plain int, so a square run's config, checkpoint, contract and cache key read
+    exactly as they did before HxW sizes existed; only a non-square size is a (height, width) tuple.
+    """
+    flag = "--" + name.replace("_", "-")
+    fix = (f"give one number for a square ({flag} 64) or HEIGHTxWIDTH ({flag} 96x192; in Python "
+           f"{name}=(96, 192) or {name}='96x192')")
+    sides: Any = value
+    if isinstance(value, str):
+        parts = value.strip().lower().split("x")
+        if not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(f"{name}={value!r} is not an input size; {fix}")
+        sides = [int(p) for p in parts]
+    elif isinstance(value, (list, tuple)):
+        sides = list(value) if len(value) == 2 else []  # (height, width), never a lone side
+    else:
+        sides = [value]
+    if len(sides) not in (1, 2) or any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+        raise ConfigError(f"{name}={value!r} is not an input size; {fix}")
+    lo, hi = SIZE_RANGE
+    if len(sides) == 1 or sides[0] == sides[1]:
+        _check_range(name, sides[0], lo, hi)
+        return int(sides[0])
+    for side, what in zip(sides, ("height", "width")):
+        if not lo <= side <= hi:
+            raise ConfigError(f"{name}={value!r}: the {what} {side} is out of range; each side must be >= {lo} "
+                              f"and <= {hi} ({flag} HEIGHTxWIDTH, e.g. {flag} 96x192)")
+    return int(sides[0]), int(sides[1])
+
+
+def size_hw(imgsz: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of a size as parse_imgsz returns it (or as JSON holds it)."""
+    if isinstance(imgsz, (tuple, list)):
+        return int(imgsz[0]), int(imgsz[1])
+    return int(imgsz), int(imgsz)
+
+
+def as_size(stored: int | tuple[int, int] | list[int]) -> Size:
+    """A stored size (a checkpoint's or contract's int or [h, w]) in parse_imgsz's form, without its range check:
+    what was saved is what the model was built for."""
+    h, w = size_hw(stored)
+    return h if h == w else (h, w)
+
+
+def size_text(imgsz: int | tuple[int, int] | list[int]) -> str:
+    """64 -> "64", (96, 192) -> "96x192": how a size is written on the command line and in messages."""
+    h, w = size_hw(imgsz)
+    return str(h) if h == w else f"{h}x{w}"
+
+
 def check_types(config: Any) -> None:
     """Refuse a value of the wrong type, naming the field: "3" is not an epoch count, nor is 2.5."""
     hints = typing.get_type_hints(type(config))
@@ -67,7 +123,7 @@ class TrainConfig:
     weights: str | None = None
     epochs: int | None = None  # None: the recipe's
     batch: int | None = None  # None: the recipe's
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None  # a square, or (height, width); "96x192" is accepted
     channels: int | None = None
     resize: str = "crop"
     optimizer: str = "sgd"
@@ -112,12 +168,13 @@ class TrainConfig:
     mlflow: bool = False  # log to MLflow: $MLFLOW_TRACKING_URI or ./mlruns (pigeon[mlflow])
 
     def __post_init__(self) -> None:
+        if self.imgsz is not None:
+            object.__setattr__(self, "imgsz", parse_imgsz(self.imgsz))
         check_types(self)
         if not self.data and not self.resume:
             raise ConfigError("data is required: a folder of images or a built-in name (see `pigeon datasets`)")
         _check_range("epochs", self.epochs, 1)
         _check_range("batch", self.batch, 1)
-        _check_range("imgsz", self.imgsz, 8, 1024)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels={self.channels!r} is not valid; choose 1, 3 or leave it unset (auto)")
         _check_choice("resize", self.resize, RESIZE_MODES)
@@ -181,7 +238,7 @@ class ExportConfig:
     model: str
     format: str = "onnx"
     out: str | None = None
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None  # a square, or (height, width); "96x192" is accepted
     dynamic_batch: bool = False
     opset: int = 18
     int8: bool = False
@@ -197,9 +254,10 @@ class ExportConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
+        if self.imgsz is not None:
+            object.__setattr__(self, "imgsz", parse_imgsz(self.imgsz))
         check_types(self)
         _check_choice("format", self.format, EXPORT_FORMATS)
-        _check_range("imgsz", self.imgsz, 8, 1024)
         _check_range("opset", self.opset, 18, 30)
         _check_choice("int8_scheme", self.int8_scheme, INT8_SCHEMES)
         _check_range("calib_images", self.calib_images, 1)
@@ -235,12 +293,11 @@ class BenchConfig:
         check_types(self)
         for fmt in self.format_list:
             _check_choice("formats", fmt, BENCH_FORMATS)
-        try:
-            sizes = self.sizes
-        except ValueError:
-            raise ConfigError(f"imgsz={self.imgsz!r} is not a comma-separated list of sizes, e.g. 28,64") from None
-        for size in sizes:
-            _check_range("imgsz", size, 8, 1024)
+        parts = [v.strip().lower() for v in (self.imgsz or "").split(",") if v.strip()]
+        if not all(p.replace("x", "", 1).isdigit() and not p.startswith("x") and not p.endswith("x") for p in parts):
+            raise ConfigError(f"imgsz={self.imgsz!r} is not a comma-separated list of sizes, e.g. 28,64 or "
+                              "64,96x192 (HEIGHTxWIDTH)")
+        self.sizes  # noqa: B018 - parsing each size checks its range
         _check_range("runs", self.runs, 50)  # fewer warm runs make a p90 meaningless
         _check_range("warmup", self.warmup, 0)
         _check_range("batch", self.batch, 1)
@@ -251,8 +308,8 @@ class BenchConfig:
         return [f.strip() for f in self.formats.split(",") if f.strip()]
 
     @property
-    def sizes(self) -> list[int]:
-        return [int(v) for v in (self.imgsz or "").split(",") if v.strip()]
+    def sizes(self) -> list[int | tuple[int, int]]:
+        return [parse_imgsz(v.strip()) for v in (self.imgsz or "").split(",") if v.strip()]
 
 
 @dataclass(frozen=True)

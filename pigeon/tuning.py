@@ -205,14 +205,18 @@ def _open_study(optuna: Any, cfg: TuneConfig, study_dir: Path, base: TrainConfig
 
 
 def native_size(base: TrainConfig) -> int:
-    """The input size trials get when imgsz is not searched: --imgsz, else what the data resolves to."""
+    """The size searching imgsz scales: --imgsz, else what the data resolves to (a square: folders and built-ins
+    resolve to one)."""
+    if isinstance(base.imgsz, tuple):
+        raise ConfigError(f"searching imgsz scales one square size, not {base.imgsz[0]}x{base.imgsz[1]}; drop imgsz "
+                          "from --space to tune the rest at this HEIGHTxWIDTH, or give a square --imgsz")
     if base.imgsz:
         return base.imgsz
     from pigeon.data import load_dataset
 
     ds = load_dataset(base.data, imgsz=None, channels=base.channels, resize=base.resize, cache_dir=base.cache_dir,
                       verbose=False)
-    return ds.preprocess.imgsz
+    return int(ds.preprocess.imgsz)
 
 
 def tune(cfg: TuneConfig) -> TuneResult:

@@ -128,3 +128,29 @@ def tiny_clf(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.n
     run = pigeon.train(str(root), epochs=1, imgsz=16, plots=False, verbose=False, device="cpu", amp="off", seed=0,
                        project=str(base / "runs"), cache_dir=str(base / "cache"))
     return pigeon.load(run.best, device="cpu")
+
+
+@pytest.fixture
+def wide_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a two-class folder of non-square grayscale images; returns its root.
+
+        make(root=None, *, per_class=4, size=(20, 40)) -> Path
+
+    Class "left" has a bright block over the left half of each (height, width) image, "right" over the right
+    half, on seeded noise: a mirror swaps the classes, so train these with fliplr=0.
+    """
+    from PIL import Image
+
+    def make(root: Path | str | None = None, *, per_class: int = 4, size: tuple[int, int] = (20, 40)) -> Path:
+        root = Path(root) if root is not None else tmp_path / "wide"
+        rng = np.random.default_rng(0)
+        h, w = size
+        for label, name in enumerate(("left", "right")):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                pixels = rng.integers(0, 60, (h, w), dtype=np.uint8)
+                pixels[:, slice(0, w // 2) if label == 0 else slice(w // 2, w)] += 150
+                Image.fromarray(pixels, "L").save(root / name / f"{k}.png")
+        return root
+
+    return make

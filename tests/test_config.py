@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import pigeon
-from pigeon.config import PredictConfig, TrainConfig, build
+from pigeon.config import ExportConfig, PredictConfig, TrainConfig, build
 from pigeon.errors import ConfigError, PigeonError
 
 
@@ -111,3 +111,19 @@ def test_configs_are_frozen_and_round_trip() -> None:
 
 def test_config_error_is_a_value_error_and_a_pigeon_error() -> None:
     assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, PigeonError)
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    (64, 64), ("64", 64), ("64x64", 64), ((64, 64), 64), ("96x192", (96, 192)), ("96X192", (96, 192)),
+    ((96, 192), (96, 192)), ([96, 192], (96, 192)),  # a list: what a config file's JSON holds
+])
+def test_imgsz_takes_a_square_or_height_x_width(given: object, stored: object) -> None:
+    assert TrainConfig(data="d", imgsz=given).imgsz == stored  # type: ignore[arg-type]
+    assert ExportConfig(model="m.safetensors", imgsz=given).imgsz == stored  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["abc", "96x", "x96", "9x9x9", "64.5", 64.0, True, (96,), (96, 192, 3), "-8"])
+def test_a_size_that_is_not_one_is_refused_with_the_fix(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"is not an input size; give one number for a square \(--imgsz 64\) or "
+                                          r"HEIGHTxWIDTH \(--imgsz 96x192"):
+        TrainConfig(data="d", imgsz=bad)  # type: ignore[arg-type]

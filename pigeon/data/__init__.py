@@ -7,6 +7,7 @@ import statistics
 import warnings
 from pathlib import Path
 
+from pigeon.config import Size
 from pigeon.data.builtins import BUILTINS, load_builtin
 from pigeon.data.dataset import Dataset, Split, with_validation
 from pigeon.data.folders import load_folder, scan
@@ -19,7 +20,7 @@ SIZE_SAMPLE = 256  # image headers read to learn a folder's native size
 __all__ = ["BUILTINS", "Dataset", "Preprocess", "Split", "load_dataset", "with_validation"]
 
 
-def load_dataset(data: str, *, imgsz: int | None = None, channels: int | None = None, resize: str = "crop",
+def load_dataset(data: str, *, imgsz: Size | None = None, channels: int | None = None, resize: str = "crop",
                  cache_dir: str | None = None, verbose: bool = True) -> Dataset:
     """A built-in name (fashion-mnist, digits) or a folder of class subfolders -> Dataset."""
     if data in BUILTINS and not Path(data).exists():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pigeon.config import Size
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats, stratified_split
 from pigeon.data.downloads import Copy, Source, download, find, local_copy
@@ -276,7 +277,7 @@ def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) ->
 
     def build(tmp: Path) -> tuple[list[str], dict]:
         out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                        shape=(len(split), spec.channels, spec.imgsz, spec.imgsz))
+                                        shape=(len(split), spec.channels, *spec.hw))
         for i, img in enumerate(split.images):
             pixels = np.asarray(img)
             pil = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
@@ -288,7 +289,7 @@ def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) ->
     return Split(arrays["images"], split.labels)
 
 
-def load_builtin(name: str, *, imgsz: int | None, channels: int | None, resize: str,
+def load_builtin(name: str, *, imgsz: Size | None, channels: int | None, resize: str,
                  cache_dir: str | None, verbose: bool = True) -> Dataset:
     splits, classes, fliplr = BUILTINS[name].load(cache_dir, verbose)
     native_c, native = splits["train"].images.shape[1], splits["train"].images.shape[-1]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pigeon.config import Size, size_hw
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats
 from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, image_to_array, is_grayscale, open_image
@@ -92,7 +93,7 @@ def _stat(path: Path) -> tuple[int, int, int]:
         return -1, -1, -1
 
 
-def _decode(path: Path, imgsz: int, channels: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
+def _decode(path: Path, imgsz: Size, channels: int, resize: str) -> tuple[np.ndarray | None, bool, str]:
     if _stat(path)[0] == 0:
         return None, False, "empty file (0 bytes)"
     try:
@@ -102,8 +103,8 @@ def _decode(path: Path, imgsz: int, channels: int, resize: str) -> tuple[np.ndar
         return None, False, f"cannot be decoded ({describe(err)})"
 
 
-def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: int, channels: int | None,
-           resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
+def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: Size,
+           channels: int | None, resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
     """Decode every file once. With `channels` None the entry keeps the data's own channel count (1 when every
     file is grayscale, else 3); a given count is decoded exactly as `predict` will convert a file."""
     names: list[str] = []
@@ -113,7 +114,7 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
         for split, items in files.items():
             out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(items), channels or 3, imgsz, imgsz))
+                                            shape=(len(items), channels or 3, *size_hw(imgsz)))
             labels, paths, n = [], [], 0
             for (path, label), (arr, gray, why) in zip(
                     items, pool.map(lambda it: _decode(it[0], imgsz, channels or 3, resize), items, chunksize=16)):
@@ -144,7 +145,7 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
     return names, meta
 
 
-def load_folder(root: str | os.PathLike[str], *, imgsz: int, channels: int | None, resize: str,
+def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | None, resize: str,
                 cache_dir: str | None, verbose: bool = True, scanned: Scan | None = None) -> Dataset:
     """`scanned`: this folder's `scan(root)`, when the caller already listed it."""
     root = Path(root).expanduser()

@@ -1,6 +1,6 @@
 """The one preprocessing contract shared by the cache, training, validation and prediction.
 
-decode -> EXIF orientation -> colour mode (L or RGB) -> resize to imgsz x imgsz -> uint8 [C, H, W];
+decode -> EXIF orientation -> colour mode (L or RGB) -> resize to H x W (imgsz: a square or (H, W)) -> uint8 [C, H, W];
 then, on the device, normalize(x) = (x / 255 - mean) / std.  Every checkpoint records these settings.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pigeon.config import Size, as_size, size_hw
 from pigeon.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -23,24 +24,31 @@ BACKGROUND = 255
 
 @dataclass(frozen=True)
 class Preprocess:
-    imgsz: int
+    imgsz: Size  # an int is a square; else (height, width)
     channels: int
-    resize: str = "crop"  # crop: shorter side to imgsz, centre crop; pad: longer side, pad; stretch
+    resize: str = "crop"  # crop: scale to cover, centre crop; pad: scale to fit, pad; stretch
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "imgsz", as_size(self.imgsz))  # JSON's [h, w] -> (h, w); a square: the int
         if self.channels not in (1, 3) or len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(f"preprocess needs 1 or 3 channels with one mean/std each, got {self}")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return size_hw(self.imgsz)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if isinstance(self.imgsz, tuple):
+            d["imgsz"] = list(self.imgsz)  # [height, width]; a square stays the plain int it always was
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(imgsz=int(d["imgsz"]), channels=int(d["channels"]), resize=str(d["resize"]),
+        return cls(imgsz=as_size(d["imgsz"]), channels=int(d["channels"]), resize=str(d["resize"]),
                    mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
 
 
@@ -110,37 +118,41 @@ def is_grayscale(img: Any) -> bool:
     return to_standard_mode(img).mode == "L"
 
 
-def resize_square(img: Any, imgsz: int, mode: str) -> Any:
+def resize_to(img: Any, imgsz: Size, mode: str) -> Any:
+    """Resize to the box imgsz (a square or (H, W)): crop scales to cover the box and centre-crops, pad scales
+    to fit inside it and pads with black, stretch ignores the aspect ratio."""
     from PIL import Image
 
+    th, tw = size_hw(imgsz)
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    if (w, h) == (imgsz, imgsz):
+    if (w, h) == (tw, th):
         return img
     if mode == "stretch":
-        return img.resize((imgsz, imgsz), Image.BILINEAR)
-    scale = imgsz / (min(w, h) if mode == "crop" else max(w, h))
+        return img.resize((tw, th), Image.BILINEAR)
+    # For a square box these are imgsz / shorter side and imgsz / longer side, the same floats as always.
+    scale = max(tw / w, th / h) if mode == "crop" else min(tw / w, th / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     img = img.resize((nw, nh), Image.BILINEAR)
     if mode == "crop":
-        left, top = (nw - imgsz) // 2, (nh - imgsz) // 2
-        return img.crop((left, top, left + imgsz, top + imgsz))
-    canvas = Image.new(img.mode, (imgsz, imgsz), 0)
-    canvas.paste(img, ((imgsz - nw) // 2, (imgsz - nh) // 2))
+        left, top = (nw - tw) // 2, (nh - th) // 2
+        return img.crop((left, top, left + tw, top + th))
+    canvas = Image.new(img.mode, (tw, th), 0)
+    canvas.paste(img, ((tw - nw) // 2, (th - nh) // 2))
     return canvas
 
 
-def image_to_array(img: Any, imgsz: int, channels: int, resize: str) -> np.ndarray:
-    """A decoded PIL image -> uint8 array [channels, imgsz, imgsz]."""
+def image_to_array(img: Any, imgsz: Size, channels: int, resize: str) -> np.ndarray:
+    """A decoded PIL image -> uint8 array [channels, H, W]."""
     img = to_standard_mode(img)
     img = img.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(resize_square(img, imgsz, resize), dtype=np.uint8)
+    arr = np.asarray(resize_to(img, imgsz, resize), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarray:
-    """A user's array (HW, HWC or CHW; uint8 0..255, uint16 0..65535 or float 0..1) -> uint8 [C, imgsz, imgsz]."""
+    """A user's array (HW, HWC or CHW; uint8 0..255, uint16 0..65535 or float 0..1) -> uint8 [C, H, W]."""
     from PIL import Image
 
     a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pigeon.config import BenchConfig, ExportConfig
+from pigeon.config import BenchConfig, ExportConfig, Size, as_size, size_text
 from pigeon.progress import progress
 
 EXPORTS = {"onnx": ("onnx", False), "onnx-int8": ("onnx", True), "torchscript": ("torchscript", False),
@@ -32,7 +32,7 @@ def bench(cfg: BenchConfig) -> list[dict[str, Any]]:
 
     model, meta = checkpoint.load_model(cfg.model)
     data = cfg.data or meta.get("config", {}).get("data")
-    sizes = cfg.sizes or [int(meta["preprocess"]["imgsz"])]
+    sizes = cfg.sizes or [as_size(meta["preprocess"]["imgsz"])]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         for imgsz in sizes:
@@ -42,16 +42,17 @@ def bench(cfg: BenchConfig) -> list[dict[str, Any]]:
             split = ds.splits[split_name]
             to_model = np.array([list(meta["classes"]).index(c) for c in ds.classes], dtype=np.int64)
             labels = to_model[np.asarray(split.labels)]
-            sample = Path(work) / f"sample-{imgsz}.png"
+            sample = Path(work) / f"sample-{size_text(imgsz)}.png"
             _write_png(np.asarray(split.images[0]), sample)
             for fmt in cfg.format_list:
                 if fmt == "torch":  # what `pigeon predict` runs on a checkpoint, at this input size
                     path, parity = Path(cfg.model), None
-                    sized_meta = {**meta, "preprocess": {**meta["preprocess"], "imgsz": imgsz}}
+                    stored = list(imgsz) if isinstance(imgsz, tuple) else imgsz  # as a checkpoint holds it
+                    sized_meta = {**meta, "preprocess": {**meta["preprocess"], "imgsz": stored}}
                     clf = Classifier(at_size(model, meta, imgsz), sized_meta, device="cpu")
                 else:
                     kind, int8 = EXPORTS[fmt]
-                    out = Path(work) / f"{imgsz}-{fmt}" / f"model{SUFFIX[kind]}"
+                    out = Path(work) / f"{size_text(imgsz)}-{fmt}" / f"model{SUFFIX[kind]}"
                     result = export(ExportConfig(model=str(cfg.model), format=kind, int8=int8, imgsz=imgsz,
                                                  dynamic_batch=True, data=str(data), cache_dir=cfg.cache_dir,
                                                  out=str(out), verbose=False))
@@ -61,7 +62,8 @@ def bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                                      parity, cfg))
                 if cfg.verbose:
                     r = rows[-1]
-                    print(f"{fmt:<12} {imgsz:>4}px  top-1 {r['top1']:.2%}  latency {r['latency_ms_median']:.2f} ms "
+                    print(f"{fmt:<12} {size_text(imgsz):>4}px  top-1 {r['top1']:.2%}  "
+                          f"latency {r['latency_ms_median']:.2f} ms "
                           f"(p90 {r['latency_ms_p90']:.2f})  {r['throughput_img_s']:.0f} img/s  "
                           f"{r['size_mb']:.2f} MB", flush=True)
     return rows
@@ -73,14 +75,14 @@ def _write_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(path)
 
 
-def _measure(clf: Any, fmt: str, imgsz: int, path: Path, sample: Path, images: np.ndarray, labels: np.ndarray,
+def _measure(clf: Any, fmt: str, imgsz: Size, path: Path, sample: Path, images: np.ndarray, labels: np.ndarray,
              split_name: str, parity: dict[str, Any] | None, cfg: BenchConfig) -> dict[str, Any]:
     probs = np.concatenate([clf.probabilities(images[i:i + 256]) for i in range(0, len(images), 256)])
     top1 = float((probs.argmax(1) == labels).mean())
     for _ in range(cfg.warmup):
         clf.predict(str(sample))
     times = []
-    bar = progress(cfg.runs, f"{fmt} {imgsz}px latency", enabled=cfg.verbose, leave=False)
+    bar = progress(cfg.runs, f"{fmt} {size_text(imgsz)}px latency", enabled=cfg.verbose, leave=False)
     for _ in range(cfg.runs):
         t0 = time.perf_counter()
         clf.predict(str(sample))
@@ -94,7 +96,8 @@ def _measure(clf: Any, fmt: str, imgsz: int, path: Path, sample: Path, images: n
         clf.probabilities(batch)
         n += len(batch)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return {"format": fmt, "imgsz": imgsz, "split": split_name, "images": len(labels), "top1": top1,
+    return {"format": fmt, "imgsz": list(imgsz) if isinstance(imgsz, tuple) else imgsz, "split": split_name,
+            "images": len(labels), "top1": top1,
             "latency_ms_median": statistics.median(times), "latency_ms_p90": float(np.percentile(times, 90)),
             "latency_runs": len(times), "throughput_img_s": n / (time.perf_counter() - t0), "batch": len(batch),
             "size_mb": size / 1e6, "parity": parity}
@@ -105,7 +108,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "agreement with PyTorch |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         agree = f"{r['parity']['top1_agreement']:.2%}" if r["parity"] else "(reference)"
-        lines.append(f"| {r['format']} | {r['imgsz']}px | {r['top1']:.2%} ({r['split']}, {r['images']}) | "
+        lines.append(f"| {r['format']} | {size_text(r['imgsz'])}px | {r['top1']:.2%} ({r['split']}, {r['images']}) | "
                      f"{r['latency_ms_median']:.2f} ms ({r['latency_ms_p90']:.2f}) | "
                      f"{r['throughput_img_s']:.0f} img/s (b{r['batch']}) | {r['size_mb']:.2f} MB | {agree} |")
     return "\n".join(lines)

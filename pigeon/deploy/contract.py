@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pigeon.config import Size, size_hw
 from pigeon.errors import CheckpointError
 
 FORMAT = "pigeon-export"
@@ -20,9 +21,10 @@ TORCHSCRIPT_ENTRY = "pigeon.json"  # an "extra file" inside the TorchScript zip 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int, dynamic_batch: bool,
+def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: Size, dynamic_batch: bool,
                   checkpoint: str) -> dict[str, Any]:
-    pre = {**meta["preprocess"], "imgsz": imgsz}
+    pre = {**meta["preprocess"], "imgsz": list(imgsz) if isinstance(imgsz, tuple) else imgsz}  # [h, w] or a square
+    h, w = size_hw(imgsz)
     calibration = meta.get("calibration") or None
     temperature = float(calibration["temperature"]) if calibration else 1.0
     channels = int(pre["channels"])
@@ -33,11 +35,9 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int
         "model": meta["model"], "classes": list(meta["classes"]), "preprocess": pre,
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-            "shape": ["batch" if dynamic_batch else 1, channels, imgsz, imgsz],
+            "shape": ["batch" if dynamic_batch else 1, channels, h, w],
             "color_order": "RGB" if channels == 3 else "grayscale (L)",
-            "resize": {"crop": f"shorter side to {imgsz}, then centre crop {imgsz}x{imgsz}",
-                       "pad": f"longer side to {imgsz}, then pad to square",
-                       "stretch": f"resize to {imgsz}x{imgsz} ignoring aspect ratio"}[pre["resize"]],
+            "resize": resize_text(pre["resize"], h, w),
             "normalize": "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
         },
         "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis",
@@ -49,6 +49,17 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: int
         "source": {"checkpoint": checkpoint, "sha256": meta.get("sha256")},
         "versions": versions(),
     }
+
+
+def resize_text(mode: str, h: int, w: int) -> str:
+    """How `mode` maps an image onto the h x w input, in words a non-Python client can implement."""
+    if h == w:
+        return {"crop": f"shorter side to {h}, then centre crop {h}x{w}", "pad": f"longer side to {h}, then pad to "
+                "square", "stretch": f"resize to {h}x{w} ignoring aspect ratio"}[mode]
+    box = f"{h}x{w} (height x width)"
+    return {"crop": f"scale by max({w} / width, {h} / height) to cover {box}, then centre crop to it",
+            "pad": f"scale by min({w} / width, {h} / height) to fit inside {box}, then pad with 0 to it, centred",
+            "stretch": f"resize to {box} ignoring aspect ratio"}[mode]
 
 
 def sidecar(path: Path) -> Path:

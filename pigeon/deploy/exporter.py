@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pigeon.calibration import temperature_of
-from pigeon.config import ExportConfig
+from pigeon.config import ExportConfig, Size, as_size, size_hw, size_text
 from pigeon.deploy.contract import (
     INPUT_NAME,
     METADATA_KEY,
@@ -78,7 +78,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     for package in {"onnx": ("onnx", "onnxscript", "onnxruntime"), "openvino": ("openvino",)}.get(cfg.format, ()):
         need(package)  # before any work: a missing package is named with its install line
     model, meta = checkpoint.load_model(source)
-    imgsz = cfg.imgsz or int(meta["preprocess"]["imgsz"])
+    imgsz = cfg.imgsz or as_size(meta["preprocess"]["imgsz"])
     model = at_size(model, meta, imgsz).float().eval()
     temperature = temperature_of(meta)
     if temperature != 1.0:
@@ -113,12 +113,12 @@ def export(cfg: ExportConfig) -> ExportResult:
     return ExportResult(path=out, contract=contract)
 
 
-def _stage(cfg: ExportConfig, model: nn.Module, meta: dict[str, Any], imgsz: int, staged: Path,
+def _stage(cfg: ExportConfig, model: nn.Module, meta: dict[str, Any], imgsz: Size, staged: Path,
            stem: str) -> Callable[[dict[str, Any]], None]:
     """Write the export at `staged` (inside the temporary folder); return how to (re)write its contract."""
     channels = int(meta["preprocess"]["channels"])
     dynamic = cfg.dynamic_batch or cfg.int8  # calibration feeds batches
-    example = torch.zeros(2 if dynamic else 1, channels, imgsz, imgsz)
+    example = torch.zeros(2 if dynamic else 1, channels, *size_hw(imgsz))
     if cfg.format == "onnx":
         fp32 = staged.with_name("fp32.onnx") if cfg.int8 else staged
         _write_onnx(model, example, fp32, cfg.opset, dynamic=dynamic)
@@ -133,8 +133,9 @@ def _stage(cfg: ExportConfig, model: nn.Module, meta: dict[str, Any], imgsz: int
     return lambda contract: sidecar(staged).write_text(json.dumps(contract, indent=2))
 
 
-def at_size(model: nn.Module, meta: dict[str, Any], imgsz: int) -> nn.Module:
-    if imgsz == int(meta["preprocess"]["imgsz"]):
+def at_size(model: nn.Module, meta: dict[str, Any], imgsz: Size) -> nn.Module:
+    trained = as_size(meta["preprocess"]["imgsz"])
+    if imgsz == trained:
         return model
     from pigeon.models import create_model
 
@@ -143,13 +144,13 @@ def at_size(model: nn.Module, meta: dict[str, Any], imgsz: int) -> nn.Module:
     try:
         resized.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError:
-        raise ExportError(f"{meta['model']} changes its layout between {meta['preprocess']['imgsz']} and {imgsz} "
-                          f"px, so these weights cannot run at {imgsz}; export at --imgsz "
-                          f"{meta['preprocess']['imgsz']} or train at {imgsz}") from None
+        was, new = size_text(trained), size_text(imgsz)
+        raise ExportError(f"{meta['model']} changes its layout between {was} and {new} px, so these weights "
+                          f"cannot run at {new}; export at --imgsz {was} or train at {new}") from None
     return resized
 
 
-def _export_data(data: str | None, meta: dict[str, Any], imgsz: int, cache_dir: str | None, need: str,
+def _export_data(data: str | None, meta: dict[str, Any], imgsz: Size, cache_dir: str | None, need: str,
                  fix: str) -> Any:
     """The dataset at the export's input size and the checkpoint's preprocessing, or an ExportError saying
     what it was `need`ed for and the `fix`. Decoding is cached, so calibration and the check share it."""
@@ -164,7 +165,7 @@ def _export_data(data: str | None, meta: dict[str, Any], imgsz: int, cache_dir: 
         raise ExportError(f"{need} and could not read {data!r} ({err}); {fix}") from None
 
 
-def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: Size) -> tuple[np.ndarray, np.ndarray]:
     """Real labelled images for the parity check: a seeded sample of the data's val split (else test, train)."""
     # INT8 is always measured against fp32, so for it skipping the check is not an option to offer
     skip = "" if cfg.int8 else ", or --no-check to skip the check"
@@ -289,7 +290,7 @@ class _Calibration:
         pass
 
 
-def _quantize(fp32: Path, out: Path, meta: dict[str, Any], cfg: ExportConfig, imgsz: int, work: Path) -> None:
+def _quantize(fp32: Path, out: Path, meta: dict[str, Any], cfg: ExportConfig, imgsz: Size, work: Path) -> None:
     from onnxruntime import quantization as q
 
     data = cfg.calib_data or cfg.data or meta.get("config", {}).get("data")
@@ -328,7 +329,7 @@ def _parity(model: nn.Module, exported: nn.Module, images: np.ndarray, labels: n
     from pigeon.data.preprocess import Preprocess
     from pigeon.engine.evaluate import logits_for
 
-    spec = Preprocess.from_dict({**meta["preprocess"], "imgsz": images.shape[-1]})
+    spec = Preprocess.from_dict({**meta["preprocess"], "imgsz": list(images.shape[-2:])})
     cpu = torch.device("cpu")
     ref = logits_for(model, images, spec, cpu).softmax(1)
     got = logits_for(exported, images, spec, cpu).softmax(1)

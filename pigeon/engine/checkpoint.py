@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pigeon.config import as_size
 from pigeon.errors import CheckpointError
 from pigeon.io import atomic_write_bytes, write_json
 
@@ -96,7 +97,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         raise CheckpointError(f"{path}: its pigeon metadata lacks {', '.join(missing)}; the file was "
                               "modified or damaged. Use another copy")
     model = create_model(meta["model"], num_classes=len(meta["classes"]),
-                         in_chans=int(meta["preprocess"]["channels"]), imgsz=int(meta["preprocess"]["imgsz"]))
+                         in_chans=int(meta["preprocess"]["channels"]), imgsz=as_size(meta["preprocess"]["imgsz"]))
     expected = model.state_dict()
     wrong = sorted(set(expected) ^ set(state)) + [
         f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()

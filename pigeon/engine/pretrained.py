@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from pigeon.config import size_text
 from pigeon.errors import CheckpointError, ConfigError
 from pigeon.models.surgery import adapt_conv_weight, classifier_name, first_conv_name
 from pigeon.offline import offline as pigeon_offline
@@ -286,7 +287,7 @@ def _mismatch_message(weights: Weights, model_name: str, missing: list[str], mis
     if weights.model and weights.model != model_name:
         fix = f"the weights were trained as {weights.model}: use --model {weights.model}"
     elif weights.model and weights.preprocess:
-        fix = (f"pigeon's layout depends on the input size: use --imgsz {weights.preprocess.get('imgsz')}, the "
+        fix = (f"pigeon's layout depends on the input size: use --imgsz {size_text(weights.preprocess['imgsz'])}, the "
                "size these weights were trained at")
     else:
         fix = "use the --model these weights were saved from"

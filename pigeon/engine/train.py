@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pigeon.config import TrainConfig
+from pigeon.config import TrainConfig, size_text
 from pigeon.data import Dataset, load_dataset, with_validation
 from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.mix import mix, mix_params
@@ -76,8 +76,8 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
         balance=balance.resolve(cfg.balance, counts),
         fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
-        translate=cfg.translate if cfg.translate is not None else max(1, spec.imgsz // 10),
-        resized_crop=cfg.resized_crop if cfg.resized_crop is not None else spec.imgsz >= 64,
+        translate=cfg.translate if cfg.translate is not None else max(1, min(spec.hw) // 10),
+        resized_crop=cfg.resized_crop if cfg.resized_crop is not None else min(spec.hw) >= 64,
         amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
         channels_last=cfg.channels_last if cfg.channels_last is not None else device.type != "mps",
         device=str(device))
@@ -249,8 +249,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     apply_recipe(cfg, device, weights)  # refuses model auto with weights that do not name their model
     if weights is not None and weights.preprocess and cfg.imgsz is None:
         # pigeon's layout depends on the input size, so its checkpoints fine-tune at the size they learnt
-        cfg = dataclasses.replace(cfg, imgsz=int(weights.preprocess["imgsz"]))
-        say(f"note: imgsz {cfg.imgsz} follows the checkpoint in --weights; set --imgsz to change it")
+        cfg = dataclasses.replace(cfg, imgsz=weights.preprocess["imgsz"])  # a square's int or [h, w]
+        say(f"note: imgsz {size_text(cfg.imgsz)} follows the checkpoint in --weights; set --imgsz to change it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -335,7 +335,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     total_steps = steps_per_epoch * planned
 
     say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
-        f"{spec.imgsz}x{spec.imgsz}x{spec.channels}, {planned} epochs on {device} "
+        f"{spec.hw[0]}x{spec.hw[1]}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     say(f"precision: {precision}")
     if cfg.mixup or cfg.cutmix:

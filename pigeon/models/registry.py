@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from pigeon.config import Size
 from pigeon.errors import ConfigError, did_you_mean
 
 Builder = Callable[..., nn.Module]
@@ -34,10 +35,11 @@ def check_model_name(name: str) -> None:
                           f"{', '.join(sorted(MODELS))}, or timm:<name> / tv:<name> (see `pigeon models`)")
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int, imgsz: int) -> nn.Module:
+def create_model(name: str, *, num_classes: int, in_chans: int, imgsz: Size) -> nn.Module:
     """Build a model with random weights: one of pigeon's own, or timm:<name> / tv:<name>.
 
-    Every model maps [N, in_chans, imgsz, imgsz] images to [N, num_classes] logits and ends in a linear head.
+    Every model maps [N, in_chans, H, W] images (imgsz: a square's side, or (H, W)) to [N, num_classes] logits
+    and ends in a linear head.
     """
     from pigeon.models import zoo
 

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from torch import nn
 
+from pigeon.config import Size, size_hw
 from pigeon.errors import ConfigError, did_you_mean
 from pigeon.models.surgery import replace_first_conv
 
@@ -61,19 +62,24 @@ def check_name(name: str) -> None:
         raise _unknown(prefix, arch)
 
 
-def create_external(name: str, *, num_classes: int, in_chans: int, imgsz: int) -> nn.Module:
+def create_external(name: str, *, num_classes: int, in_chans: int, imgsz: Size) -> nn.Module:
     check_name(name)
     prefix, _, arch = name.partition(":")
     lib = _import(prefix)
     if prefix == "timm":
         try:  # transformers need their input size at build time; convnets refuse the keyword
             return lib.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                    img_size=imgsz)
+                                    img_size=imgsz)  # an int, or (H, W), which timm's ViTs take
         except TypeError:
             return lib.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
     if arch.startswith("vit_"):
-        kwargs["image_size"] = imgsz
+        h, w = size_hw(imgsz)
+        if h != w:
+            raise ConfigError(f"{name} takes square inputs only (torchvision's image_size is one number), not "
+                              f"{h}x{w}; use a square --imgsz such as {max(h, w)}, or a timm ViT (timm:vit_...), "
+                              "which takes HEIGHTxWIDTH")
+        kwargs["image_size"] = h
     if arch in ("googlenet", "inception_v3"):  # auxiliary heads return tuples in training; pigeon wants logits
         kwargs.update(aux_logits=False, init_weights=True)
     model = lib.models.get_model(arch, **kwargs)

@@ -119,7 +119,7 @@ class ModelRegistry:
             model.error = f"{type(err).__name__}: {err}"
             raise ApiError(503, "not_ready", f"model {model.id} could not be loaded: {model.error}") from None
         spec = clf.preprocess
-        clf.probabilities(np.zeros((1, spec.channels, spec.imgsz, spec.imgsz), np.uint8))  # warm up the kernels
+        clf.probabilities(np.zeros((1, spec.channels, *spec.hw), np.uint8))  # warm up the kernels
         model.clf, model.error = clf, None  # loaded and warm: /readyz answers 200 from here on
         model.batcher = self._make_batcher(clf.probabilities)
 

@@ -21,7 +21,7 @@ from pigeon.data.preprocess import (
     is_grayscale,
     normalize,
     open_image,
-    resize_square,
+    resize_to,
     to_standard_mode,
 )
 from pigeon.errors import ConfigError
@@ -242,28 +242,28 @@ def _columns(w: int, h: int) -> Image.Image:
 
 
 def test_crop_takes_the_centre_of_the_longer_side() -> None:
-    out = np.asarray(resize_square(_columns(20, 10), 10, "crop"))
+    out = np.asarray(resize_to(_columns(20, 10), 10, "crop"))
     assert out.shape == (10, 10)
     np.testing.assert_array_equal(out, np.tile(np.arange(5, 15, dtype=np.uint8) * 10, (10, 1)))
-    tall = np.asarray(resize_square(_columns(20, 10).transpose(Image.Transpose.TRANSPOSE), 10, "crop"))
+    tall = np.asarray(resize_to(_columns(20, 10).transpose(Image.Transpose.TRANSPOSE), 10, "crop"))
     np.testing.assert_array_equal(tall, np.tile(np.arange(5, 15, dtype=np.uint8)[:, None] * 10, (1, 10)))
 
 
 def test_crop_scales_the_shorter_side_to_imgsz() -> None:
     img = Image.new("L", (80, 40), 0)
     img.paste(255, (20, 0, 60, 40))  # the central square is white, the sides black
-    out = np.asarray(resize_square(img, 20, "crop"))
+    out = np.asarray(resize_to(img, 20, "crop"))
     assert out.shape == (20, 20)
     assert (out[:, 1:-1] == 255).all() and (out[:, [0, -1]] > 192).all()  # edges blend a little with black
 
 
 def test_pad_fits_the_longer_side_and_pads_with_black() -> None:
-    wide = np.asarray(resize_square(Image.new("L", (20, 10), 255), 10, "pad"))
+    wide = np.asarray(resize_to(Image.new("L", (20, 10), 255), 10, "pad"))
     assert wide.shape == (10, 10)
     want = np.zeros((10, 10), np.uint8)
     want[2:7] = 255  # 10x5 pasted at y = (10 - 5) // 2
     np.testing.assert_array_equal(wide, want)
-    tall = np.asarray(resize_square(Image.new("RGB", (10, 20), (255, 255, 255)), 10, "pad"))
+    tall = np.asarray(resize_to(Image.new("RGB", (10, 20), (255, 255, 255)), 10, "pad"))
     assert tall.shape == (10, 10, 3)
     np.testing.assert_array_equal(tall[:, 2:7], 255)
     np.testing.assert_array_equal(tall[:, :2], 0)
@@ -273,19 +273,60 @@ def test_pad_fits_the_longer_side_and_pads_with_black() -> None:
 def test_stretch_ignores_aspect() -> None:
     img = Image.new("L", (40, 10), 0)
     img.paste(255, (20, 0, 40, 10))  # left half black, right half white
-    out = np.asarray(resize_square(img, 10, "stretch"))
+    out = np.asarray(resize_to(img, 10, "stretch"))
     assert out.shape == (10, 10)
     assert (out[:, :4] == 0).all() and (out[:, 6:] == 255).all()  # both halves survive, squeezed
-    cropped = np.asarray(resize_square(img, 10, "crop"))
+    cropped = np.asarray(resize_to(img, 10, "crop"))
     assert (cropped[:, :5] == 0).all() and (cropped[:, 5:] == 255).all()  # crop keeps only the middle 10
+
+
+# -- a height x width box ------------------------------------------------------------------------------------------
+
+def test_crop_to_a_wide_box_scales_to_cover_then_takes_the_centre_rows() -> None:
+    img = Image.fromarray(np.repeat(np.arange(20, dtype=np.uint8)[:, None] * 10, 20, axis=1), "L")  # row r: 10r
+    out = np.asarray(resize_to(img, (10, 20), "crop"))  # H=10, W=20: the width already fits, so scale 1
+    assert out.shape == (10, 20)
+    np.testing.assert_array_equal(out, np.repeat(np.arange(5, 15, dtype=np.uint8)[:, None] * 10, 20, axis=1))
+    # A wide image into a tall box: the height sets the scale (cover), the sides are cut evenly
+    wide = np.asarray(resize_to(_columns(20, 5), (20, 10), "crop"))  # 20x5 -> 80x20, columns 35..44 kept
+    assert wide.shape == (20, 10)
+    assert wide[:, 0].max() < wide[:, -1].min()  # still the left-to-right ramp, from its middle
+    assert abs(int(wide[0, 5]) - 100) <= 10  # the centre column of the box is the source's centre (x = 10)
+
+
+def test_pad_to_a_wide_box_fits_the_height_and_centres_horizontally() -> None:
+    out = np.asarray(resize_to(Image.new("L", (20, 20), 255), (10, 30), "pad"))  # scale min(30/20, 10/20)
+    assert out.shape == (10, 30)
+    want = np.zeros((10, 30), np.uint8)
+    want[:, 10:20] = 255  # 10x10 pasted at x = (30 - 10) // 2
+    np.testing.assert_array_equal(out, want)
+    tall = np.asarray(resize_to(Image.new("L", (12, 40), 255), (10, 30), "pad"))  # scale 1/4: 3x10 (w x h)
+    assert tall.shape == (10, 30) and (tall[:, 13:16] == 255).all() and (tall[:, :13] == 0).all() \
+        and (tall[:, 16:] == 0).all()  # pasted at x = (30 - 3) // 2
+
+
+def test_stretch_to_a_box_is_its_exact_height_and_width() -> None:
+    img = Image.new("L", (40, 10), 0)
+    img.paste(255, (20, 0, 40, 10))
+    out = np.asarray(resize_to(img, (12, 24), "stretch"))
+    assert out.shape == (12, 24) and (out[:, :11] == 0).all() and (out[:, 13:] == 255).all()
+    assert image_to_array(Image.new("RGB", (5, 9)), (12, 24), 3, "pad").shape == (3, 12, 24)
+
+
+def test_preprocess_stores_a_box_as_height_width_and_a_square_as_an_int() -> None:
+    spec = Preprocess(imgsz=[16, 32], channels=1)  # type: ignore[arg-type] - as JSON gives it
+    assert spec.imgsz == (16, 32) and spec.hw == (16, 32) and spec.to_dict()["imgsz"] == [16, 32]
+    assert Preprocess.from_dict(spec.to_dict()) == spec
+    square = Preprocess(imgsz=(16, 16), channels=1)
+    assert square.imgsz == 16 and square.to_dict()["imgsz"] == 16 and square.hw == (16, 16)
 
 
 def test_resize_keeps_an_exact_size_image_and_refuses_empty() -> None:
     img = Image.new("L", (7, 7), 3)
     for mode in ("crop", "pad", "stretch"):
-        assert resize_square(img, 7, mode) is img
+        assert resize_to(img, 7, mode) is img
     with pytest.raises(ValueError, match="no pixels"):
-        resize_square(Image.new("L", (0, 5)), 4, "crop")
+        resize_to(Image.new("L", (0, 5)), 4, "crop")
 
 
 @pytest.mark.parametrize("mode", ["crop", "pad", "stretch"])

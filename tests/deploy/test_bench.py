@@ -81,3 +81,11 @@ def test_bench_at_a_size_the_weights_cannot_run(best: Path, tmp_path: Path) -> N
         pigeon.bench(best, formats="torch", imgsz="16", runs=50, throughput_seconds=0.1,
                      project=str(tmp_path / "bench"), verbose=False)
     assert not (tmp_path / "bench").exists()
+
+
+def test_bench_sizes_take_height_x_width() -> None:
+    from pigeon.config import BenchConfig
+
+    assert BenchConfig(model="m.safetensors", imgsz="28, 16x32,24x24").sizes == [28, (16, 32), 24]
+    with pytest.raises(ConfigError, match="the width 4 is out of range"):
+        BenchConfig(model="m.safetensors", imgsz="16x4")

@@ -84,6 +84,19 @@ def test_contract_follows_size_batch_and_channels(meta: dict[str, Any]) -> None:
         "resize to 8x8 ignoring aspect ratio"
 
 
+def test_contract_of_a_height_x_width_input(meta: dict[str, Any]) -> None:
+    contract = make_contract(meta, "onnx", "fp32", (16, 32), False, "x.safetensors")
+    assert contract["input"]["shape"] == [1, 1, 16, 32]  # N, C, H, W
+    assert contract["preprocess"]["imgsz"] == [16, 32]
+    assert contract["input"]["resize"] == "scale by max(32 / width, 16 / height) to cover 16x32 (height x width), " \
+        "then centre crop to it"
+    pad = {**meta, "preprocess": {**meta["preprocess"], "resize": "pad"}}
+    assert make_contract(pad, "onnx", "fp32", (16, 32), False, "x")["input"]["resize"].startswith(
+        "scale by min(32 / width, 16 / height) to fit inside 16x32")
+    assert json.loads(json.dumps(contract)) == contract
+    assert pigeon.data.Preprocess.from_dict(contract["preprocess"]).hw == (16, 32)  # what pigeon.load reads
+
+
 # -- where each format keeps it -----------------------------------------------------------------------------------
 
 def test_onnx_keeps_it_in_metadata(meta: dict[str, Any], tmp_path: Path) -> None:

@@ -315,3 +315,24 @@ def test_an_export_its_runtime_cannot_load_is_refused_even_unchecked(ckpt: Path,
     with pytest.raises(ExportError, match=r"runtime cannot load it \(written with opset 18: try another --opset\)"):
         pigeon.export(ckpt, "onnx", check=False, verbose=False)
     assert snapshot(ckpt.parent) == before
+
+
+def test_a_height_x_width_model_exports_with_that_input_shape(wide_folder, tmp_path: Path, cache_dir: Path) -> None:
+    data = wide_folder(size=(20, 40))
+    run = pigeon.train(str(data), model="pigeon-p", imgsz="16x32", epochs=1, batch=4, fliplr=0.0, val_fraction=0.0,
+                       plots=False, verbose=False, device="cpu", amp="off", project=str(tmp_path / "runs"),
+                       cache_dir=str(cache_dir))
+    result = pigeon.export(run.best, cache_dir=str(cache_dir), verbose=False)  # ONNX, checked on the 8 images
+    assert result.parity is not None and result.parity["top1_agreement"] == 1.0 and result.parity["images"] == 8
+    contract = read_contract(result.path)
+    assert contract["input"]["shape"] == [1, 1, 16, 32] and contract["preprocess"]["imgsz"] == [16, 32]
+    exported, checkpoint = pigeon.load(result.path), pigeon.load(run.best, device="cpu")
+    assert exported.preprocess.hw == (16, 32)
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    np.testing.assert_allclose(np.stack([p.probs for p in exported.predict(files)]),
+                               np.stack([p.probs for p in checkpoint.predict(files)]), atol=1e-4)
+    # TorchScript at another box with the same layout: the graph takes [N, 1, 24, 48]
+    bigger = pigeon.export(run.best, format="torchscript", imgsz="24x48", out=str(tmp_path / "m.torchscript"),
+                           check=False, verbose=False)
+    assert read_contract(bigger.path)["input"]["shape"] == [1, 1, 24, 48]
+    assert pigeon.load(bigger.path).probabilities(np.zeros((1, 1, 24, 48), np.uint8)).shape == (1, 2)

@@ -195,3 +195,26 @@ def test_min_conf_answers_unknown_below_it(make_client: Any, checkpoint: Path, h
     relaxed = served.post("/api/v1/predict?min_conf=0", files=files).json()
     assert not any(p["abstained"] for p in relaxed["predictions"])
     assert h.error(served.post("/api/v1/predict?min_conf=2", files=files)) == (422, "bad_parameter")
+
+
+def test_a_height_x_width_model_is_served_at_its_box(make_client: Any, wide_folder: Any, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    import pigeon
+
+    data = wide_folder(size=(20, 40))
+    run = pigeon.train(str(data), model="pigeon-p", imgsz="16x32", epochs=1, batch=4, fliplr=0.0, val_fraction=0.0,
+                       plots=False, verbose=False, device="cpu", amp="off", project=str(tmp_path / "runs"),
+                       cache_dir=str(tmp_path / "cache"))
+    client = make_client(model=str(run.best))
+    _wait_ready(client)
+    buf = io.BytesIO()
+    Image.open(next(data.rglob("*.png"))).save(buf, format="PNG")
+    got = client.post("/api/v1/predict?top_k=2", content=buf.getvalue(), headers={"content-type": "image/png"})
+    expected = pigeon.load(run.best, device="cpu").predict(buf.getvalue(), top_k=2)
+    assert got.status_code == 200
+    top = got.json()["predictions"][0]["top"]
+    assert top[0]["class_index"] == expected.top1
+    assert top[0]["score"] == pytest.approx(float(expected.top1_conf), abs=1e-4)
