@@ -44,7 +44,8 @@ TRAIN_HELP = {
     "batch": "images per training step (default: the recipe's: 256 on a CPU, 128 on a GPU)",
     "imgsz": "input size: one number for a square (64) or HEIGHTxWIDTH (96x192); default: the data's own size "
              "(28 for fashion-mnist; a folder's median image side), at most 64 for folders",
-    "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3",
+    "channels": "1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale, else 3; for rasters (.npy, "
+                "multi-band or 16-bit TIFF) their band count",
     "resize": "crop: scale to cover imgsz then centre crop; pad: scale to fit then letterbox; stretch: ignore aspect",
     "optimizer": "sgd (Nesterov momentum) or adamw",
     "lr": "peak learning rate; default 0.2*batch/256 (sgd; 0.4*batch/256 for pigeon-p) or 2e-3*batch/256 (adamw)",

@@ -175,8 +175,9 @@ class TrainConfig:
             raise ConfigError("data is required: a folder of images or a built-in name (see `pigeon datasets`)")
         _check_range("epochs", self.epochs, 1)
         _check_range("batch", self.batch, 1)
-        if self.channels not in (None, 1, 3):
-            raise ConfigError(f"channels={self.channels!r} is not valid; choose 1, 3 or leave it unset (auto)")
+        if self.channels is not None and not 1 <= self.channels <= 64:
+            raise ConfigError(f"channels={self.channels!r} is not valid; choose 1 (grayscale), 3 (RGB), the band count "
+                              "of multi-band rasters (up to 64), or leave it unset (auto)")
         _check_choice("resize", self.resize, RESIZE_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)

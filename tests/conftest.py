@@ -154,3 +154,41 @@ def wide_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def _raster_tile(seed: int, shape: tuple[int, ...] = (4, 12, 12), nir: int = 30000) -> np.ndarray:
+    a = np.random.default_rng(seed).integers(0, 3000, shape).astype(np.uint16)
+    a[3] += np.uint16(nir)
+    return a
+
+
+@pytest.fixture
+def raster_tile() -> Callable[..., np.ndarray]:
+    """raster_tile(seed, shape=(4, 12, 12), nir=30000): a 16-bit RGB+NIR tile [C, H, W], dim colour bands and a
+    near-infrared band around `nir`, as raster_folder writes them."""
+    return _raster_tile
+
+
+@pytest.fixture
+def raster_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing two classes of 16-bit 4-band tiles told apart by the near-infrared band alone: .npy
+    (bands first) and TIFF (bands last) files mixed; file k of class i is raster_tile(10 * i + k, nir=40000 or 2000).
+
+        make(root=None, *, per_class=3) -> Path
+    """
+    tifffile = pytest.importorskip("tifffile", reason="the tiff extra is not installed: pip install 'pigeon[tiff]'")
+
+    def make(root: Path | str | None = None, *, per_class: int = 3) -> Path:
+        root = Path(root) if root is not None else tmp_path / "tiles"
+        for label, (name, nir) in enumerate((("vegetation", 40000), ("water", 2000))):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                tile = _raster_tile(10 * label + k, nir=nir)
+                if k % 2:
+                    tifffile.imwrite(root / name / f"{k}.tif", tile.transpose(1, 2, 0), photometric="minisblack",
+                                     planarconfig="contig")
+                else:
+                    np.save(root / name / f"{k}.npy", tile)
+        return root
+
+    return make

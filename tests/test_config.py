@@ -46,7 +46,7 @@ def test_suggestions(typo: str, meant: str | None) -> None:
     ("val_fraction", 0.95, "val_fraction=0.95 is out of range; it must be >= 0.0 and <= 0.9"),
     ("patience", -1, "patience=-1 is out of range"),
     ("threads", 0, "threads=0 is out of range"),
-    ("channels", 2, "channels=2 is not valid; choose 1, 3"),
+    ("channels", 0, "channels=0 is not valid; choose 1 (grayscale), 3 (RGB), the band count"),
     ("optimizer", "adam", "optimizer='adam' is not valid; choose one of sgd, adamw (did you mean 'adamw'?)"),
     ("schedule", "cosin", "schedule='cosin' is not valid; choose one of cosine, onecycle (did you mean 'cosine'?)"),
     ("amp", "fp32", "amp='fp32' is not valid; choose one of auto, off, bf16, fp16"),

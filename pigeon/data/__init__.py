@@ -67,6 +67,11 @@ def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMG
 def _side(path: Path, resize: str) -> int | None:
     from PIL import Image
 
+    from pigeon.data.rasters import RASTER_EXTENSIONS, header_hw
+
+    hw = header_hw(path) if path.suffix.lower() in RASTER_EXTENSIONS else None
+    if hw is not None:
+        return min(hw) if resize == "crop" else max(hw)
     try:
         with warnings.catch_warnings():  # a decompression-bomb warning: decoding skips that file, with a reason
             warnings.simplefilter("ignore")

@@ -49,7 +49,7 @@ def translate(x: Tensor, shifts: Tensor) -> Tensor:
     out = x.gather(2, rows.clamp(0, h - 1)[:, None, :, None].expand(n, c, h, w))
     out = out.gather(3, cols.clamp(0, w - 1)[:, None, None, :].expand(n, c, h, w))
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    return out.masked_fill(~inside[:, None], 0)
+    return torch.where(inside[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))  # uint16 too
 
 
 def resized_crop_params(
@@ -92,8 +92,8 @@ def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
     grid = torch.stack([grid_x, grid_y], dim=-1)
     # Border padding: a box touching the edge samples half a pixel beyond it, which should repeat the edge.
     out = F.grid_sample(x.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if x.dtype == torch.uint8:
-        return out.round_().clamp_(0, 255).to(torch.uint8)
+    if x.dtype in (torch.uint8, torch.uint16):
+        return out.round_().clamp_(0, torch.iinfo(x.dtype).max).to(x.dtype)
     return out.to(x.dtype)
 
 
@@ -132,7 +132,8 @@ def erase(x: Tensor, boxes: Tensor, value: float = 0) -> Tensor:
     in_rows = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # [N, H]
     in_cols = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # [N, W]
     mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
-    return x.masked_fill(mask, value)
+    # where, not masked_fill, which PyTorch lacks for uint16 (16-bit rasters)
+    return torch.where(mask, torch.full((), value, dtype=x.dtype, device=x.device), x)
 
 
 def _check_probability(name: str, p: float) -> None:

@@ -291,6 +291,9 @@ def _resized(split: Split, spec: Preprocess, key: str, cache_dir: str | None) ->
 
 def load_builtin(name: str, *, imgsz: Size | None, channels: int | None, resize: str,
                  cache_dir: str | None, verbose: bool = True) -> Dataset:
+    if channels not in (None, 1, 3):
+        raise DatasetError(f"{name} is a built-in of grayscale or RGB images: choose --channels 1 or 3 (or leave it "
+                           f"unset), not {channels}; other band counts are for raster folders (.npy, TIFF, DICOM)")
     splits, classes, fliplr = BUILTINS[name].load(cache_dir, verbose)
     native_c, native = splits["train"].images.shape[1], splits["train"].images.shape[-1]
     imgsz, channels = imgsz or native, channels or native_c

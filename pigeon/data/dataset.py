@@ -80,7 +80,8 @@ def with_validation(ds: Dataset, fraction: float, seed: int) -> Dataset:
 def channel_stats(images: np.ndarray, max_images: int = 20000) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] units, from an evenly spaced sample of the images."""
     step = max(1, len(images) // max_images)
-    sample = np.asarray(images[::step], dtype=np.float32) / 255.0
+    top = float(np.iinfo(images.dtype).max) if np.issubdtype(images.dtype, np.integer) else 255.0
+    sample = np.asarray(images[::step], dtype=np.float32) / top
     mean = sample.mean(axis=(0, 2, 3))
     std = np.maximum(sample.std(axis=(0, 2, 3)), 1e-3)
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)

@@ -12,7 +12,8 @@ import numpy as np
 from pigeon.config import Size, size_hw
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats
-from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, image_to_array, is_grayscale, open_image
+from pigeon.data.preprocess import FILE_EXTENSIONS, Preprocess, image_to_array, is_grayscale, open_image
+from pigeon.data.rasters import DTYPES, RASTER_EXTENSIONS, Probe, probe, read_raster, resize_raster, to_dtype
 from pigeon.errors import DatasetError, describe
 from pigeon.progress import progress
 
@@ -72,12 +73,12 @@ def scan(root: Path) -> Scan:
         for label, name in enumerate(classes):
             images = []
             for path in _list_files(split_dir / name):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                if path.suffix.lower() in FILE_EXTENSIONS:
                     images.append((path, label))
                 else:
                     skipped.append((str(path), f"not an image file (extension {path.suffix or 'none'})"))
             if not images:
-                raise DatasetError(f"{split_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))});"
+                raise DatasetError(f"{split_dir / name} holds no images ({', '.join(sorted(FILE_EXTENSIONS))});"
                                    " add images to it or remove the empty folder")
             files[split].extend(images)
     return classes, files, skipped
@@ -103,21 +104,75 @@ def _decode(path: Path, imgsz: Size, channels: int, resize: str) -> tuple[np.nda
         return None, False, f"cannot be decoded ({describe(err)})"
 
 
+def _decode_raster(path: Path, imgsz: Size, kind: Probe, resize: str) -> tuple[np.ndarray | None, bool, str]:
+    """One file of a raster folder -> [bands, H, W] in the folder's dtype; PIL's formats join in as 1 or 3 bands."""
+    if _stat(path)[0] == 0:
+        return None, False, "empty file (0 bytes)"
+    try:
+        if path.suffix.lower() == ".npy" or probe(path) is not None:
+            arr = resize_raster(read_raster(path), imgsz, resize)
+        elif kind.bands in (1, 3):
+            arr = image_to_array(open_image(path), imgsz, kind.bands, resize)
+        else:
+            return None, False, (f"an 8-bit {path.suffix or 'image'} file of 1 or 3 channels, but this folder's "
+                                 f"rasters have {kind.bands} bands; save it as .npy or TIFF with {kind.bands}")
+    except Exception as err:  # noqa: BLE001 - any decoder failure means: skip this file and say why
+        return None, False, f"cannot be decoded ({describe(err)})"
+    if arr.shape[0] != kind.bands:
+        return None, False, (f"has {arr.shape[0]} band(s), but this folder's rasters have {kind.bands}; give every "
+                             "image the same bands")
+    return to_dtype(arr, kind.dtype), False, ""
+
+
+def raster_kind(files: dict[str, list[tuple[Path, int]]]) -> tuple[Probe | None, str]:
+    """The bands and dtype of a folder that needs the raster path (any .npy, or a TIFF that is not 8-bit grey or
+    RGB), from headers: the bands of the first such training file, uint16 if any file is 16-bit. (None, "")
+    for a folder PIL decodes as always."""
+    import importlib.util
+
+    found: list[tuple[Probe, Path]] = []
+    for split in ("train", *(s for s in files if s != "train")):
+        for path, _ in files.get(split, []):
+            if path.suffix.lower() == ".dcm" and importlib.util.find_spec("pydicom") is None:
+                raise DatasetError(f"{path}: DICOM files need pydicom: pip install 'pigeon[dicom]' (or remove the "
+                                   ".dcm files)")
+            if path.suffix.lower() in RASTER_EXTENSIONS:
+                try:
+                    kind = probe(path)
+                except Exception:  # noqa: BLE001 - an unreadable file is skipped, with its reason, when decoded
+                    kind = None
+                if kind is not None:
+                    found.append((kind, path))
+    if not found:
+        return None, ""
+    dtype = "uint16" if any(k.dtype == "uint16" for k, _ in found) else "uint8"
+    return Probe(found[0][0].bands, dtype), str(found[0][1])
+
+
 def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: Size,
-           channels: int | None, resize: str, verbose: bool) -> tuple[list[str], dict[str, Any]]:
+           channels: int | None, resize: str, verbose: bool,
+           kind: Probe | None = None) -> tuple[list[str], dict[str, Any]]:
     """Decode every file once. With `channels` None the entry keeps the data's own channel count (1 when every
-    file is grayscale, else 3); a given count is decoded exactly as `predict` will convert a file."""
+    file is grayscale, else 3); a given count is decoded exactly as `predict` will convert a file. With a raster
+    `kind` every file is decoded band by band to its bands and dtype."""
     names: list[str] = []
     meta: dict[str, Any] = {"skipped": [], "paths": {}, "all_gray": True}
     total = sum(len(v) for v in files.values())
     bar = progress(total=total, desc="decoding images (once; cached)", unit="img", enabled=verbose)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
         for split, items in files.items():
-            out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(items), channels or 3, *size_hw(imgsz)))
+            out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+",
+                                            dtype=DTYPES[kind.dtype] if kind else np.uint8,
+                                            shape=(len(items), kind.bands if kind else channels or 3,
+                                                   *size_hw(imgsz)))
             labels, paths, n = [], [], 0
-            for (path, label), (arr, gray, why) in zip(
-                    items, pool.map(lambda it: _decode(it[0], imgsz, channels or 3, resize), items, chunksize=16)):
+
+            def decode(it: tuple[Path, int]) -> tuple[np.ndarray | None, bool, str]:
+                if kind is not None:
+                    return _decode_raster(it[0], imgsz, kind, resize)
+                return _decode(it[0], imgsz, channels or 3, resize)
+
+            for (path, label), (arr, gray, why) in zip(items, pool.map(decode, items, chunksize=16)):
                 bar.update(1)
                 relative = str(path.relative_to(root))
                 if arr is None:
@@ -134,7 +189,7 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
             meta[f"{split}_n"] = n
     bar.close()
     # A grayscale file converted to RGB repeats its one channel, so the first of three is exactly its L image.
-    keep = channels or (1 if meta["all_gray"] else 3)
+    keep = kind.bands if kind else channels or (1 if meta["all_gray"] else 3)
     for split in files:
         rgb = np.load(tmp / f"{split}_rgb.npy", mmap_mode="r")[: meta[f"{split}_n"]]
         np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(rgb[:, :keep]))
@@ -142,6 +197,7 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
         (tmp / f"{split}_rgb.npy").unlink()
         names += [f"{split}_images", f"{split}_labels"]
     meta["channels"] = keep
+    meta["dtype"] = kind.dtype if kind else "uint8"
     return names, meta
 
 
@@ -155,18 +211,23 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | No
     store = cache.cache_root(cache_dir)
     # The entry and the fingerprint depend on the data and on what the preprocessing resolves to, never on how
     # an option was spelled: `channels=None` on grayscale data and `channels=1` are the same run (issue 16).
-    data_key = cache.fingerprint(["folder", classes, listing, imgsz, resize])
+    kind, first = raster_kind(files)
+    if kind is not None and channels not in (None, kind.bands):
+        raise DatasetError(f"{root}: its images have {kind.bands} bands (e.g. {first}); --channels must be "
+                           f"{kind.bands} or left unset for rasters (.npy, multi-band or 16-bit TIFF)")
+    raster = [("raster", kind.bands, kind.dtype)] if kind else []  # what an 8-bit L/RGB folder's key never had
+    data_key = cache.fingerprint(["folder", classes, listing, imgsz, resize, *raster])
     found = cache.load(store, data_key) if channels else None  # decoded before without --channels?
     if found is not None and found[1]["channels"] == channels:
         (arrays, meta), entry = found, data_key
     elif channels:  # a count the data does not have on its own: decoded the way predict converts each file
         entry = cache.fingerprint([data_key, "channels", channels])
         arrays, meta, _ = cache.load_or_build(store, entry, lambda tmp: _build(
-            tmp, root, files, imgsz, channels, resize, verbose))
+            tmp, root, files, imgsz, channels, resize, verbose, kind))
     else:
         entry = data_key
         arrays, meta, _ = cache.load_or_build(store, entry, lambda tmp: _build(
-            tmp, root, files, imgsz, None, resize, verbose))
+            tmp, root, files, imgsz, None, resize, verbose, kind))
     skipped += [(str(root / p), why) for p, why in meta["skipped"]]
     splits = {}
     for split in files:
@@ -180,7 +241,8 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | No
         paths = tuple(str(root / p) for p in meta["paths"][split])
         splits[split] = Split(arrays[f"{split}_images"], labels, paths)
     mean, std = channel_stats(splits["train"].images)
-    spec = Preprocess(imgsz=imgsz, channels=meta["channels"], resize=resize, mean=mean, std=std)
+    spec = Preprocess(imgsz=imgsz, channels=meta["channels"], resize=resize, mean=mean, std=std,
+                      dtype=meta.get("dtype", "uint8"))
     return Dataset(name=root.name, classes=classes, splits=splits, preprocess=spec,
                    fingerprint=cache.fingerprint([data_key, "channels", meta["channels"]]),
                    skipped=tuple(skipped), cache_entry=entry)  # type: ignore[arg-type]

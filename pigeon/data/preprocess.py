@@ -17,7 +17,9 @@ import torch
 from pigeon.config import Size, as_size, size_hw
 from pigeon.errors import ConfigError, ImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})  # PIL's
+FILE_EXTENSIONS = IMAGE_EXTENSIONS | {".npy", ".dcm"}  # what folders and predict take: rasters too
+PIXEL_TOP = {"uint8": 255.0, "uint16": 65535.0}  # what a stored pixel of each dtype is divided by
 # Transparent pixels are composited onto white: the colour a transparent PNG shows on a page.
 BACKGROUND = 255
 
@@ -29,11 +31,19 @@ class Preprocess:
     resize: str = "crop"  # crop: scale to cover, centre crop; pad: scale to fit, pad; stretch
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    dtype: str = "uint8"  # how pixels are stored until normalize: uint8, or uint16 for 16-bit rasters
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "imgsz", as_size(self.imgsz))  # JSON's [h, w] -> (h, w); a square: the int
-        if self.channels not in (1, 3) or len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(f"preprocess needs 1 or 3 channels with one mean/std each, got {self}")
+        if not 1 <= self.channels <= 64 or len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"preprocess needs 1 to 64 channels with one mean/std each, got {self}")
+        if self.dtype not in PIXEL_TOP:
+            raise ConfigError(f"preprocess dtype {self.dtype!r} is not one of {', '.join(PIXEL_TOP)}")
+
+    @property
+    def raster(self) -> bool:
+        """Whether images take the band-by-band path (pigeon.data.rasters) rather than PIL's L/RGB one."""
+        return self.dtype != "uint8" or self.channels not in (1, 3)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -44,12 +54,15 @@ class Preprocess:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if isinstance(self.imgsz, tuple):
             d["imgsz"] = list(self.imgsz)  # [height, width]; a square stays the plain int it always was
+        if self.dtype == "uint8":
+            del d["dtype"]  # the default, left out so 8-bit checkpoints and contracts read as they always did
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(imgsz=as_size(d["imgsz"]), channels=int(d["channels"]), resize=str(d["resize"]),
-                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
+                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                   dtype=str(d.get("dtype", "uint8")))
 
 
 def open_image(source: Any) -> Any:
@@ -177,5 +190,7 @@ def array_to_uint8(arr: np.ndarray | torch.Tensor, spec: Preprocess) -> np.ndarr
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float, on whatever device x lives; mean/std are [C] tensors there."""
-    return (x.to(torch.float32) / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """uint8 (or 16-bit uint16) [N, C, H, W] -> float, on whatever device x lives; mean/std are [C] tensors there.
+    16-bit pixels reach here whole: this division is the first place they lose precision (to float32's)."""
+    top = 65535.0 if x.dtype == torch.uint16 else 255.0
+    return (x.to(torch.float32) / top - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

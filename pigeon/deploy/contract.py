@@ -36,9 +36,12 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: Siz
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
             "shape": ["batch" if dynamic_batch else 1, channels, h, w],
-            "color_order": "RGB" if channels == 3 else "grayscale (L)",
+            "color_order": ("RGB" if channels == 3 else "grayscale (L)") if pre.get("dtype", "uint8") == "uint8"
+            and channels in (1, 3) else f"{channels} bands, in the order the training files store them",
             "resize": resize_text(pre["resize"], h, w),
-            "normalize": "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
+            "normalize": "(pixel / 65535 - mean) / std per channel, pixel in 0..65535 (16-bit); mean and std in "
+                         "preprocess" if pre.get("dtype") == "uint16" else
+                         "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
         },
         "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis",
                    "temperature": temperature,

@@ -280,7 +280,8 @@ class _Calibration:
     """Feeds onnxruntime's static quantizer normalized training images, a batch at a time."""
 
     def __init__(self, images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch: int = 32) -> None:
-        self.batches = [((images[i:i + batch].astype(np.float32) / 255 - mean) / std).astype(np.float32)
+        top = float(np.iinfo(images.dtype).max)  # 255, or 65535 for 16-bit rasters: as normalize divides
+        self.batches = [((images[i:i + batch].astype(np.float32) / top - mean) / std).astype(np.float32)
                         for i in range(0, len(images), batch)]
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -15,10 +15,11 @@ from torch import nn
 
 from pigeon.calibration import UNKNOWN, temperature_of
 from pigeon.config import PredictConfig, build
-from pigeon.data.preprocess import IMAGE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
+from pigeon.data.preprocess import FILE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
+from pigeon.data.rasters import probe, read_raster, resize_raster, to_dtype
 from pigeon.engine.device import amp_dtype, select_device
 from pigeon.engine.evaluate import logits_for
-from pigeon.errors import DatasetError, describe
+from pigeon.errors import DatasetError, ImageError, describe
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,9 @@ def expand_paths(source: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
-        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_EXTENSIONS)
         if not found:  # like a pattern that matches nothing: say so instead of predicting on nothing
-            raise DatasetError(f"{text}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DatasetError(f"{text}: the folder holds no images ({', '.join(sorted(FILE_EXTENSIONS))})")
         return found
     if path.exists() or not _is_glob(text):
         if not path.exists():
@@ -129,9 +130,29 @@ def _items(source: Any) -> tuple[list[tuple[str, Any]], bool]:
 
 
 def _to_uint8(item: Any, spec: Preprocess) -> np.ndarray:
+    """Any accepted item -> [C, H, W] as the model's cache held it: uint8, or its rasters' dtype."""
+    if spec.raster or (isinstance(item, (str, os.PathLike)) and probe(item) is not None):
+        return _to_raster(item, spec)
     if isinstance(item, (np.ndarray, torch.Tensor)):
         return array_to_uint8(item, spec)
     return image_to_array(open_image(item), spec.imgsz, spec.channels, spec.resize)
+
+
+def _to_raster(item: Any, spec: Preprocess) -> np.ndarray:
+    """A raster file or array, band by band as pigeon.data.folders decodes a raster folder."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if isinstance(item, np.ndarray) or Path(item).suffix.lower() == ".npy" or probe(item) is not None:
+        arr = resize_raster(read_raster(item), spec.imgsz, spec.resize)
+    elif spec.channels in (1, 3):
+        arr = image_to_array(open_image(item), spec.imgsz, spec.channels, spec.resize)
+    else:
+        raise ImageError(f"the model takes {spec.channels}-band rasters; give a .npy array or a TIFF with "
+                         f"{spec.channels} bands, not an 8-bit image of 1 or 3 channels")
+    if arr.shape[0] != spec.channels:
+        raise ImageError(f"has {arr.shape[0]} band(s); the model takes {spec.channels}: give images with the "
+                         "bands it was trained on, in the same order")
+    return to_dtype(arr, spec.dtype)
 
 
 class Classifier:

@@ -224,8 +224,10 @@ def fit_weights(model: nn.Module, weights: Weights, classes: list[str], model_na
             if not key.endswith("num_batches_tracked"):  # a counter some exporters drop; harmless
                 missing.append(key)
             continue
-        if key == conv and got.ndim == 4 and got.shape[1] != want.shape[1] and got.shape[1] in (1, 3):
-            channels = f"{got.shape[1]} -> {want.shape[1]} channels ({'summed' if want.shape[1] == 1 else 'repeated'})"
+        if key == conv and got.ndim == 4 and got.shape[1] != want.shape[1]:
+            how = {(3, 1): "summed", (1, 3): "repeated"}.get((got.shape[1], want.shape[1]),
+                                                             "first bands' filters kept, new ones the mean")
+            channels = f"{got.shape[1]} -> {want.shape[1]} channels ({how})"
             got = adapt_conv_weight(got.float(), want.shape[1])
         if key.endswith("pos_embed") and got.ndim == 3 and want.ndim == 3 and got.shape[0::2] == want.shape[0::2]:
             got, resampled = _resample_pos_embed(model, got, want.shape[1]), f"{key} resampled to the new input size"

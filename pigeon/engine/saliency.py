@@ -138,6 +138,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, min_side: 
     (nearest) to at least `min_side` pixels so that small images stay visible."""
     from matplotlib import colormaps
 
+    from pigeon.data.rasters import for_display
+
+    image = for_display(image)  # a raster: its first three bands, in 8 bits
     rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
     rgb = rgb.transpose(1, 2, 0).astype(np.float32)
     colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255.0

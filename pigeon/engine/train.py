@@ -24,6 +24,7 @@ from pigeon.data import Dataset, load_dataset, with_validation
 from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.mix import mix, mix_params
 from pigeon.data.preprocess import normalize
+from pigeon.data.rasters import for_display  # a raster's picture: its first three bands, in 8 bits
 from pigeon.engine import balance, checkpoint
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
@@ -636,6 +637,6 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
     wrong = [] if model is None else misclassified_overlays(
         model, split.images, np.asarray(split.labels), probs.argmax(1).numpy(), classes, spec, device,
         limit=math.ceil(math.sqrt(len(pick))))
-    plots.plot_prediction_grid(np.asarray(split.images[pick]), [classes[i] for i in split.labels[pick]],
+    plots.plot_prediction_grid(for_display(split.images[pick]), [classes[i] for i in split.labels[pick]],
                                [classes[i] for i in pred.tolist()], conf.tolist(),
                                run_dir / f"{split_name}_predictions.png", overlay_row=wrong)

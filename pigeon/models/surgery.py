@@ -44,10 +44,14 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Convert first-layer filters between grayscale and RGB so they respond the same to a grey image.
+    """Convert first-layer filters to another input channel count so they respond the same to a flat image
+    (every band equal).
 
     3 -> 1 sums the colour filters (a grey pixel feeds all three equally); 1 -> 3 repeats the filter and
-    divides by three. Other counts are not a meaningful conversion and are refused.
+    divides by three. Any other count keeps the first bands' own filters, so RGB -> RGB+NIR still looks at
+    R, G and B as it learnt to: a new band gets the mean filter and everything is scaled by have / want; a
+    dropped band's filter is shared out over the bands kept. Either way a flat image gets exactly the response
+    it got before (these two rules give the 1 <-> 3 conversions above too).
     """
     have = weight.shape[1]
     if have == in_chans:
@@ -56,7 +60,10 @@ def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     if have == 1 and in_chans == 3:
         return weight.repeat(1, 3, 1, 1) / 3
-    raise ConfigError(f"cannot convert first-layer filters from {have} to {in_chans} input channels; only 1 <-> 3")
+    if in_chans > have:
+        extra = weight.mean(dim=1, keepdim=True).expand(-1, in_chans - have, -1, -1)
+        return torch.cat([weight, extra], dim=1) * (have / in_chans)
+    return weight[:, :in_chans] + weight[:, in_chans:].sum(dim=1, keepdim=True) / in_chans
 
 
 def replace_first_conv(model: nn.Module, in_chans: int) -> None:

@@ -163,6 +163,10 @@ def decode(raw: bytes, name: str, spec: Any, max_pixels: int) -> np.ndarray:
 
     if not raw:
         raise ApiError(400, "bad_image", f"{name}: the file is empty (0 bytes)")
+    if spec.raster:  # PIL gives L or RGB bytes; such a model needs its bands (pigeon.data.rasters)
+        raise ApiError(415, "unsupported_model_input", f"{name}: this model takes {spec.channels}-band "
+                       f"{spec.dtype} rasters, which the REST API does not read yet; use `pigeon predict` or "
+                       "pigeon.load(...).predict on .npy or TIFF files")
     try:
         with Image.open(io.BytesIO(raw)) as probe:
             w, h = probe.size

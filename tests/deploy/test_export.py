@@ -336,3 +336,22 @@ def test_a_height_x_width_model_exports_with_that_input_shape(wide_folder, tmp_p
                            check=False, verbose=False)
     assert read_contract(bigger.path)["input"]["shape"] == [1, 1, 24, 48]
     assert pigeon.load(bigger.path).probabilities(np.zeros((1, 1, 24, 48), np.uint8)).shape == (1, 2)
+
+
+def test_a_16_bit_four_band_model_exports_with_its_bands_and_scale(raster_folder, tmp_path: Path,
+                                                                   cache_dir: Path) -> None:
+    root = raster_folder()
+    run = pigeon.train(str(root), model="pigeon-p", imgsz=12, epochs=1, batch=4, val_fraction=0.0, plots=False,
+                       verbose=False, device="cpu", amp="off", project=str(tmp_path / "runs"),
+                       cache_dir=str(cache_dir))
+    result = pigeon.export(run.best, cache_dir=str(cache_dir), verbose=False)
+    assert result.parity is not None and result.parity["top1_agreement"] == 1.0
+    contract = read_contract(result.path)
+    assert contract["input"]["shape"] == [1, 4, 12, 12]
+    assert contract["preprocess"]["dtype"] == "uint16" and len(contract["preprocess"]["mean"]) == 4
+    assert contract["input"]["normalize"].startswith("(pixel / 65535 - mean) / std per channel, pixel in 0..65535")
+    assert contract["input"]["color_order"] == "4 bands, in the order the training files store them"
+    files = sorted(str(p) for p in root.rglob("*.*"))
+    np.testing.assert_allclose(np.stack([p.probs for p in pigeon.load(result.path).predict(files)]),
+                               np.stack([p.probs for p in pigeon.load(run.best, device="cpu").predict(files)]),
+                               atol=1e-4)

@@ -73,10 +73,25 @@ def test_same_channel_count_returns_the_weight_itself() -> None:
     assert adapt_conv_weight(weight, 3) is weight
 
 
-@pytest.mark.parametrize(("have", "want"), [(2, 3), (3, 2), (4, 1), (1, 4)])
-def test_adapt_conv_weight_refuses_other_channel_counts(have: int, want: int) -> None:
-    with pytest.raises(ConfigError, match=f"from {have} to {want} input channels; only 1 <-> 3"):
-        adapt_conv_weight(torch.randn(4, have, 3, 3), want)
+@pytest.mark.parametrize(("have", "want"), [(3, 4), (4, 3), (2, 3), (3, 2), (4, 1), (1, 4), (3, 13)])
+def test_other_channel_counts_keep_a_flat_images_response(have: int, want: int) -> None:
+    weight = torch.randn(6, have, 3, 3, generator=torch.Generator().manual_seed(have * 10 + want),
+                         dtype=torch.float64)
+    adapted = adapt_conv_weight(weight, want)
+    assert adapted.shape == (6, want, 3, 3)
+    flat = _grey()  # every band the same image
+    torch.testing.assert_close(F.conv2d(flat.repeat(1, want, 1, 1), adapted), F.conv2d(flat.repeat(1, have, 1, 1),
+                                                                                        weight), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_rgb_to_rgb_nir_keeps_each_colours_own_filter() -> None:
+    rgb = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    four = adapt_conv_weight(rgb, 4)
+    torch.testing.assert_close(four[:, :3], rgb * 3 / 4)  # R, G, B still see what they learnt, scaled
+    torch.testing.assert_close(four[:, 3], rgb.mean(dim=1) * 3 / 4)  # the new band: the mean filter
+    back = adapt_conv_weight(four, 3)
+    torch.testing.assert_close(back, four[:, :3] + four[:, 3:] / 3)  # a dropped band is shared out
 
 
 def test_replace_first_conv_converts_filters_and_keeps_the_layer_settings() -> None:
@@ -115,9 +130,13 @@ def test_replace_first_conv_with_the_same_channels_leaves_the_layer_alone() -> N
     assert model[0] is old
 
 
-def test_replace_first_conv_refuses_two_to_three() -> None:
-    model = nn.Sequential(nn.Conv2d(2, 4, 3))
+def test_replace_first_conv_to_four_bands() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True))
     old = model[0]
-    with pytest.raises(ConfigError, match="only 1 <-> 3"):
-        replace_first_conv(model, 3)
-    assert model[0] is old
+    replace_first_conv(model, 4)
+    assert model[0].in_channels == 4 and model[0].out_channels == 4
+    torch.testing.assert_close(model[0].bias, old.bias)
+    flat = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](flat.repeat(1, 4, 1, 1)), old(flat.repeat(1, 3, 1, 1)), rtol=1e-5,
+                                   atol=1e-5)

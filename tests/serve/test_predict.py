@@ -218,3 +218,23 @@ def test_a_height_x_width_model_is_served_at_its_box(make_client: Any, wide_fold
     top = got.json()["predictions"][0]["top"]
     assert top[0]["class_index"] == expected.top1
     assert top[0]["score"] == pytest.approx(float(expected.top1_conf), abs=1e-4)
+
+
+def test_a_raster_model_is_refused_with_the_way_to_use_it(make_client: Any, raster_folder: Any, tmp_path: Path,
+                                                           h: Any) -> None:
+    import io
+
+    from PIL import Image
+
+    import pigeon
+
+    run = pigeon.train(str(raster_folder()), model="pigeon-p", imgsz=12, epochs=1, batch=4, val_fraction=0.0,
+                       plots=False, verbose=False, device="cpu", amp="off", project=str(tmp_path / "runs"),
+                       cache_dir=str(tmp_path / "cache"))
+    client = make_client(model=str(run.best))
+    _wait_ready(client)
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 12)).save(buf, format="PNG")
+    got = client.post("/api/v1/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+    assert h.error(got) == (415, "unsupported_model_input")
+    assert "4-band uint16 rasters" in got.text and "pigeon predict" in got.text
