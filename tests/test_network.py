@@ -12,13 +12,13 @@ import gzip
 import hashlib
 import http.server
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from loopback import CountingServer
 from safetensors.torch import save
 
 import pigeon
@@ -29,12 +29,12 @@ from pigeon.models import create_model
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class LoopbackServer:
+class LoopbackServer(CountingServer):
     """Serves `files` ({url path: bytes}) on 127.0.0.1, as a plain file server or as the Hugging Face hub's
     resolve endpoint (HEAD with the commit, ETag and size headers huggingface_hub asks for, then GET)."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.requests, self.connections = files, [], 0
+        self.files, self.requests = files, []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,22 +64,7 @@ class LoopbackServer:
             def do_HEAD(self) -> None:  # noqa: N802
                 self._answer(body=False)
 
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
-                owner.connections += 1
-                super().process_request(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import io
 import re
 import socket
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import CountingServer
 
 import pigeon
 from pigeon.cli import main
@@ -105,13 +105,12 @@ def fixtures() -> dict[str, Fixture]:
     return {"mnist": _mnist(rng), "cifar10": _cifar10(rng), "cifar100": _cifar100(rng)}
 
 
-class Server:
+class Server(CountingServer):
     """Serves `files` ({url path: bytes}) on 127.0.0.1 and counts requests and connections."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
-        self.connections = 0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -126,22 +125,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(blob or b"")
 
-        class Threading(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
-                owner.connections += 1
-                super().process_request(request, client_address)
-
-        self.httpd = Threading(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 @pytest.fixture(autouse=True)
