@@ -12,7 +12,7 @@ from pigeon.config import AuditConfig, BenchConfig, ExportConfig, PredictConfig,
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.engine.train import TrainResult, make_run_dir
 from pigeon.engine.train import train as _train
-from pigeon.errors import CheckpointError, DatasetError
+from pigeon.errors import CheckpointError, ConfigError, DatasetError
 
 if TYPE_CHECKING:
     from pigeon.audits import AuditResult
@@ -143,6 +143,7 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     writes report.json, confusion_matrix.png and calibration.png into project/name.
     """
     from pigeon.data import load_dataset
+    from pigeon.data.dataset import to_model_labels
     from pigeon.engine.evaluate import logits_for, report_for
     from pigeon.io import write_json
     from pigeon.metrics import format_report
@@ -150,8 +151,12 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     clf = _classifier(model, device)
     spec = clf.preprocess
     # The cache is keyed by what the preprocessing resolves to, so training's entry is reused as it is.
+    multilabel = clf.thresholds is not None
     ds = load_dataset(data, imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize, cache_dir=cache_dir,
-                      verbose=verbose)
+                      verbose=verbose, task="multilabel" if multilabel else "auto")
+    if (ds.task == "multilabel") != multilabel:
+        raise DatasetError(f"{data} is {'multi' if ds.task == 'multilabel' else 'single'}-label data, but the model is "
+                           f"{'multi' if multilabel else 'single'}-label; validate it on data of its own kind")
     if split is None:
         split = next(s for s in ("val", "test", "train") if s in ds.splits)
     if split not in ds.splits:
@@ -160,8 +165,6 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     if unknown:
         raise DatasetError(f"{data}: classes {unknown} are not among the model's classes "
                            f"{list(clf.classes)}; validate on data with the classes the model was trained on")
-    # Map the dataset's label indices to the model's by class name: folder order need not match.
-    to_model = np.array([clf.classes.index(c) for c in ds.classes], dtype=np.int64)
     part = ds.splits[split]
     build(PredictConfig, min_conf=min_conf)  # the same check, and message, as predict's
     logits = logits_for(clf.model, part.images, spec, clf.device, batch=batch, amp=clf.amp,
@@ -169,15 +172,25 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     # An export's graph divides by the temperature already: undo it, so the report shows the same before and
     # after figures as for the checkpoint it came from.
     logits = logits * (clf.fitted_temperature / clf.temperature)
-    report = report_for(logits, to_model[part.labels], list(clf.classes), clf.fitted_temperature, min_conf)
+    # The dataset's labels in the model's class order, matched by name: folder order need not match.
+    labels = to_model_labels(np.asarray(part.labels), ds.classes, list(clf.classes))
+    if multilabel:
+        if min_conf is not None:
+            raise ConfigError("min_conf is for single-label models; a multi-label model answers each class at its "
+                              "own threshold")
+        report = report_for(logits, labels, list(clf.classes), thresholds=list(clf.thresholds))
+    else:
+        report = report_for(logits, labels, list(clf.classes), clf.fitted_temperature, min_conf)
     report["split"] = split
     report["data"] = str(data)
     if verbose:
         print(format_report(report))
     if project:
-        run_dir = make_run_dir(project, name or f"{clf.meta.get('model', 'model')}-{Path(str(data)).name}", False)
+        where = Path(str(data))
+        default_name = f"{clf.meta.get('model', 'model')}-{where.stem if where.is_file() else where.name}"
+        run_dir = make_run_dir(project, name or default_name, False)
         write_json(run_dir / "report.json", report)
-        if plots:
+        if plots and not multilabel:
             from pigeon.plots import plot_calibration, plot_confusion
 
             plot_confusion(np.asarray(report["confusion"]), list(clf.classes), run_dir / "confusion_matrix.png")

@@ -173,6 +173,13 @@ def calibration_report(logits: torch.Tensor, targets: torch.Tensor, temperature:
     return out
 
 
+def thresholds_of(meta: dict[str, Any]) -> list[float]:
+    """A multi-label model's per-class decision thresholds: the checkpoint's (or export's), else 0.5 each."""
+    found = meta.get("thresholds") or {}
+    values = found.get("values") if isinstance(found, dict) else None
+    return [float(v) for v in values] if values else [0.5] * len(meta["classes"])
+
+
 def temperature_of(meta: dict[str, Any]) -> float:
     """The temperature to divide a model's logits by before the softmax: the checkpoint's fitted one, or 1.
 

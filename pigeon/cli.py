@@ -22,6 +22,7 @@ from pigeon.config import (
     RESIZE_MODES,
     SCHEDULES,
     SELECT_METRICS,
+    TASKS,
     AuditConfig,
     BenchConfig,
     ExportConfig,
@@ -32,8 +33,10 @@ from pigeon.config import (
 from pigeon.errors import ConfigError, PigeonError, did_you_mean
 
 TRAIN_HELP = {
-    "data": "image folder (root/{train,val,test}/<class>/...) or built-in: fashion-mnist, digits, mnist, cifar10, "
-            "cifar100 (see `pigeon datasets`)",
+    "data": "image folder (root/{train,val,test}/<class>/...), a labels CSV (file,labels[,split]; multi-label) or "
+            "built-in: fashion-mnist, digits, mnist, cifar10, cifar100 (see `pigeon datasets`)",
+    "task": "auto: a labels CSV is multi-label, a folder one label per image; multilabel: a folder whose images "
+            "may sit in several class folders (copies with the same bytes are one image); multiclass",
     "model": "model name (see `pigeon models`); auto: the recipe for this device (pigeon-p on a CPU, pigeon-n "
              "on a GPU), or the --weights checkpoint's own model",
     "weights": "start from these weights: a pigeon checkpoint, .safetensors, .pth state dict (read without "
@@ -73,7 +76,8 @@ TRAIN_HELP = {
     "cutmix": "CutMix: paste a box of one image into another, labels weighted by area, Beta(A, A); "
               "0 = off (try 1.0); with --mixup too, each batch is one or the other",
     "val_fraction": "fraction of train held out for validation when the data has no val split (0 = none)",
-    "select": "metric that picks the best epoch on val: top1, macro_f1 or loss",
+    "select": "metric that picks the best epoch on val: top1, macro_f1 or loss; map (multi-label, where top1 "
+              "means map)",
     "patience": "stop after this many epochs without improvement on val (0 = never)",
     "time": "time budget in hours: the run plans as many epochs as fit (at most --epochs) and stops cleanly",
     "save_period": "also keep weights/epochN.safetensors every N epochs (0 = only best and last)",
@@ -165,7 +169,8 @@ SERVE_HELP = {
     "verbose": "print the address and what is served",
 }
 CHOICES = {"format": EXPORT_FORMATS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
-           "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS}
+           "int8_scheme": INT8_SCHEMES, "resize": RESIZE_MODES, "select": SELECT_METRICS,
+           "task": TASKS}
 
 
 def _size_arg(text: str) -> Any:
@@ -413,6 +418,10 @@ def _print_predictions(preds: list[Any], top_k: int) -> None:
         if not p.ok:
             print(f"{p.source}: ERROR {p.error}")
             continue
+        if p.multilabel:
+            shown = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[:top_k])
+            print(f"{p.source}: {p.label or '(no class above its threshold)'}  [{shown}]")
+            continue
         first = 0 if p.abstained else 1  # an abstention lists its best guess among the alternatives
         alts = ", ".join(f"{p.classes[i]} {p.probs[i]:.1%}" for i in p.top5[first:top_k])
         print(f"{p.source}: {p.label} ({p.top1_conf:.1%}" + (f" < min-conf {p.min_conf:g})" if p.abstained
@@ -480,9 +489,10 @@ def run(args: argparse.Namespace) -> int:
         options = _given(args, TrainConfig)
         result = pigeon.train(config=args.config, **options)
         head = result.headline
+        figure = "map" if result.config.task == "multilabel" else "top1"
         print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best),
-                          "test_top1": result.test and result.test["top1"],
-                          "val_top1": result.val and result.val["top1"], "seconds": round(result.seconds, 1)}))
+                          f"test_{figure}": result.test and result.test[figure],
+                          f"val_{figure}": result.val and result.val[figure], "seconds": round(result.seconds, 1)}))
         return 0 if head is None or head["n"] > 0 else 1
     if args.verb == "val":
         pigeon.val(args.model, args.data, split=args.split, batch=args.batch, device=args.device,

@@ -15,8 +15,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 RESIZE_MODES = ("crop", "pad", "stretch")
-SELECT_METRICS = ("top1", "macro_f1", "loss")
+SELECT_METRICS = ("top1", "macro_f1", "loss", "map")  # multi-label runs read top1 as map
 BALANCE_MODES = ("auto", "none", "weights", "sampler")
+TASKS = ("auto", "multiclass", "multilabel")  # auto: a labels CSV is multi-label, anything else one label per image
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -119,6 +120,7 @@ class TrainConfig:
     """Everything a training run depends on. `None` means "choose from the data or model"."""
 
     data: str = ""
+    task: str = "auto"  # see TASKS
     model: str = "auto"  # the recipe for the device (pigeon.engine.recipe); a pigeon checkpoint's own with weights
     weights: str | None = None
     epochs: int | None = None  # None: the recipe's
@@ -184,6 +186,7 @@ class TrainConfig:
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("select", self.select, SELECT_METRICS)
         _check_choice("balance", self.balance, BALANCE_MODES)
+        _check_choice("task", self.task, TASKS)
         _check_range("lr", self.lr, 0.0, lo_open=True)
         _check_range("momentum", self.momentum, 0.0, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0)

@@ -116,8 +116,123 @@ def classification_report(
     }
 
 
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    """Average precision of one class: the sum over score thresholds of (recall gained) x (precision there), with
+    tied scores taken as one threshold (scikit-learn's `average_precision_score`); None when there is no
+    positive, as then recall is undefined."""
+    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives).astype(bool)
+    total = int(positives.sum())
+    if total == 0:
+        return None
+    tp, predicted, _ = _ranked_counts(scores, positives)
+    precision, recall = tp / predicted, tp / total
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def best_f1_thresholds(probs: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per class, the probability threshold (predict "yes" at or above it) of the highest F1 on these images:
+    halfway between the lowest score kept and the next one below, so that a score between them is decided as the
+    fit decided it. `default` for a class with no positive here, whose F1 cannot be fitted."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
+    out = np.full(probs.shape[1], default, dtype=np.float64)
+    for k in range(probs.shape[1]):
+        total = int(targets[:, k].sum())
+        if total == 0:
+            continue
+        tp, predicted, cut = _ranked_counts(probs[:, k], targets[:, k])
+        f1 = 2 * tp / (predicted + total)  # 2TP / (2TP + FP + FN), as FP + TP = predicted and FN + TP = total
+        best = int(np.argmax(f1))
+        below = cut[best + 1] if best + 1 < len(cut) else 0.0
+        out[k] = (cut[best] + below) / 2
+    return out
+
+
+def _ranked_counts(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At each distinct score, highest first: true positives and predictions at or above it, and the score."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positives[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    tp = np.cumsum(hits)[last_of_tie].astype(np.float64)
+    return tp, (last_of_tie + 1).astype(np.float64), ranked[last_of_tie]
+
+
+def multilabel_report(logits: torch.Tensor, targets: np.ndarray | torch.Tensor, class_names: list[str],
+                      thresholds: np.ndarray | list[float] | None = None) -> dict[str, Any]:
+    """Multi-label scores of sigmoid outputs, JSON-ready: mAP and per-class AP (threshold-free); at the
+    per-class `thresholds` (0.5 when not given) per-class precision/recall/F1, micro and macro F1, exact-match
+    accuracy (every label of an image right) and Hamming accuracy (the share of image-class decisions right).
+
+    Args:
+        logits: [N, K] scores before the sigmoid.
+        targets: [N, K] multi-hot truth (0/1).
+    """
+    probs = torch.sigmoid(logits.float()).numpy().astype(np.float64)
+    truth = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets).astype(bool)
+    n, num_classes = probs.shape
+    if truth.shape != probs.shape:
+        raise ValueError(f"targets must be [N, K] = {list(probs.shape)} multi-hot rows, got {list(truth.shape)}")
+    if n == 0:
+        raise ValueError("cannot compute a multi-label report on zero samples (logits has N=0)")
+    if len(class_names) != num_classes:
+        raise ValueError(f"logits has {num_classes} classes but {len(class_names)} class names were given")
+    thr = np.full(num_classes, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    pred = probs >= thr
+    tp = (pred & truth).sum(0).astype(np.float64)
+    predicted, support = pred.sum(0).astype(np.float64), truth.sum(0)
+    precision, recall = _safe_div(tp, predicted), _safe_div(tp, support.astype(np.float64))
+    f1 = _safe_div(2 * tp, predicted + support)
+    ap = [average_precision(probs[:, k], truth[:, k]) for k in range(num_classes)]
+    present = [k for k in range(num_classes) if ap[k] is not None]
+    worst = min(present, key=lambda k: ap[k]) if present else 0  # type: ignore[arg-type, return-value]
+    # Training's loss: summed over classes, averaged over images.
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), torch.as_tensor(truth, dtype=torch.float32), reduction="sum") / n
+    return {
+        "task": "multilabel",
+        "n": int(n),
+        "map": float(np.mean([ap[k] for k in present])) if present else 0.0,
+        "micro_f1": float(_safe_div(np.array([2 * tp.sum()]), np.array([predicted.sum() + support.sum()]))[0]),
+        "macro_f1": float(f1.mean()),
+        "exact_match": float((pred == truth).all(1).mean()),
+        "hamming_accuracy": float((pred == truth).mean()),
+        "labels_per_image": float(truth.sum(1).mean()),
+        "predicted_per_image": float(pred.sum(1).mean()),
+        "loss": float(bce),
+        "worst_class": {"class": class_names[worst], "ap": ap[worst], "support": int(support[worst])},
+        "thresholds": [round(float(t), 6) for t in thr],
+        "per_class": [{"class": name, "ap": ap[k], "precision": float(precision[k]), "recall": float(recall[k]),
+                       "f1": float(f1[k]), "support": int(support[k]), "threshold": round(float(thr[k]), 6)}
+                      for k, name in enumerate(class_names)],
+    }
+
+
+def format_multilabel_report(report: dict[str, Any]) -> str:
+    rows = report["per_class"]
+    width = min(max([len("class")] + [len(str(r["class"])) for r in rows]), 32)
+    header = (f"{'class':<{width}}  {'AP':>7}  {'threshold':>9}  {'precision':>9}  {'recall':>9}  {'f1':>9}  "
+              f"{'support':>8}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        name = str(r["class"])
+        name = name[: width - 1] + "…" if len(name) > width else name
+        ap = "    n/a" if r["ap"] is None else f"{r['ap']:>7.4f}"
+        lines.append(f"{name:<{width}}  {ap}  {r['threshold']:>9.3f}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  "
+                     f"{r['f1']:>9.4f}  {r['support']:>8d}")
+    lines.append("-" * len(header))
+    lines.append(f"mAP {100 * report['map']:.2f}%   micro-F1 {100 * report['micro_f1']:.2f}%   macro-F1 "
+                 f"{100 * report['macro_f1']:.2f}%   exact match {100 * report['exact_match']:.2f}%   Hamming "
+                 f"accuracy {100 * report['hamming_accuracy']:.2f}%   samples {report['n']}")
+    worst = report["worst_class"]
+    lines.append(f"labels per image {report['labels_per_image']:.2f} (predicted {report['predicted_per_image']:.2f})"
+                 + (f"   worst class {worst['class']} (AP {100 * worst['ap']:.2f}% of {worst['support']})"
+                    if worst["ap"] is not None else ""))
+    return "\n".join(lines)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A fixed-width table of per-class scores followed by the overall numbers in percent."""
+    if report.get("task") == "multilabel":
+        return format_multilabel_report(report)
     rows = report["per_class"]
     width = min(max([len("class")] + [len(str(r["class"])) for r in rows]), 32)
     header = f"{'class':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>8}"

@@ -35,7 +35,8 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], split:
     loss_ax, acc_ax = fig.subplots(1, 2)
     panels = (
         (loss_ax, "loss", (("train_loss", "train"), (f"{split}_loss", split))),
-        (acc_ax, "accuracy", ((f"{split}_top1", f"{split} top-1"), (f"{split}_top5", f"{split} top-5"))),
+        (acc_ax, "accuracy", ((f"{split}_top1", f"{split} top-1"), (f"{split}_top5", f"{split} top-5"),
+                              (f"{split}_map", f"{split} mAP"), (f"{split}_micro_f1", f"{split} micro-F1"))),
     )
     for ax, ylabel, series in panels:
         for key, label in series:

@@ -93,7 +93,7 @@ class TensorBoardLog:
             if event.get("train_seconds"):
                 self.writer.add_scalar("train/epoch_images_per_s", self.images / event["train_seconds"], epoch)
             for split in SPLITS:
-                for metric in ("loss", "top1", "top5", "macro_f1"):
+                for metric in ("loss", "top1", "top5", "macro_f1", "map", "micro_f1"):
                     value = event.get(f"{split}_{metric}")
                     if value is not None:
                         self.writer.add_scalar(f"{split}/{metric}", value, epoch)

@@ -21,22 +21,51 @@ __all__ = ["BUILTINS", "Dataset", "Preprocess", "Split", "load_dataset", "with_v
 
 
 def load_dataset(data: str, *, imgsz: Size | None = None, channels: int | None = None, resize: str = "crop",
-                 cache_dir: str | None = None, verbose: bool = True) -> Dataset:
-    """A built-in name (fashion-mnist, digits) or a folder of class subfolders -> Dataset."""
+                 cache_dir: str | None = None, verbose: bool = True, task: str = "auto") -> Dataset:
+    """A built-in name (fashion-mnist, digits), a folder of class subfolders or a labels CSV -> Dataset.
+
+    `task`: "auto" (a CSV is multi-label, anything else single-label), "multiclass" or "multilabel" (a folder
+    where one image may sit in several class folders)."""
     if data in BUILTINS and not Path(data).exists():
+        if task == "multilabel":
+            raise DatasetError(f"{data} is a single-label built-in; --task multilabel needs a labels CSV or a folder "
+                               "whose images may sit in several class folders")
         return load_builtin(data, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir,
                             verbose=verbose)
-    if not Path(data).expanduser().exists():
+    path = Path(data).expanduser()
+    if not path.exists():
         hint = did_you_mean(data, BUILTINS)
         raise DatasetError(f"{data}: no such folder, and not a built-in dataset{hint}; "
                            f"built-ins are {', '.join(BUILTINS)}")
+    if path.is_file() and path.suffix.lower() == ".csv" or task == "multilabel":
+        return _load_multilabel(path, task, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir,
+                                verbose=verbose)
     note = None
-    scanned = scan(Path(data).expanduser())  # once: listing a folder of 10,000 classes takes seconds
+    scanned = scan(path)  # once: listing a folder of 10,000 classes takes seconds
     if imgsz is None:
         imgsz, note = folder_imgsz(Path(data).expanduser(), resize, files=scanned[1])
     ds = load_folder(data, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir, verbose=verbose,
                      scanned=scanned)
     return dataclasses.replace(ds, notes=(*ds.notes, note)) if note else ds
+
+
+def _load_multilabel(path: Path, task: str, *, imgsz: Size | None, channels: int | None, resize: str,
+                     cache_dir: str | None, verbose: bool) -> Dataset:
+    from pigeon.data.multilabel import group_folder, load_multilabel, read_labels_csv
+
+    if path.is_file() and task == "multiclass":
+        raise DatasetError(f"{path}: a labels CSV trains a multi-label model (--task multilabel or auto); for "
+                           "one label per image give a folder of class subfolders")
+    if path.is_file():
+        listed, notes = read_labels_csv(path), []
+    else:
+        *found, grouped = group_folder(path)
+        listed, notes = tuple(found), [grouped]
+    if imgsz is None:
+        imgsz, note = folder_imgsz(path, resize, files=listed[1])
+        notes.append(note)
+    return load_multilabel(path, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir,
+                           verbose=verbose, listed=listed, notes=tuple(notes))  # type: ignore[arg-type]
 
 
 def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMGSZ,

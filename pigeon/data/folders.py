@@ -201,12 +201,12 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
     return names, meta
 
 
-def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | None, resize: str,
-                cache_dir: str | None, verbose: bool = True, scanned: Scan | None = None) -> Dataset:
-    """`scanned`: this folder's `scan(root)`, when the caller already listed it."""
-    root = Path(root).expanduser()
-    classes, files, skipped = scanned or scan(root)
-    skipped = list(skipped)
+def decode_files(root: Path, classes: tuple[str, ...], files: dict[str, list[tuple[Path, int]]], *, imgsz: Size,
+                 channels: int | None, resize: str, cache_dir: str | None, verbose: bool,
+                 key_extra: tuple[Any, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any], str, str]:
+    """Every listed file decoded once, through the cache: (arrays, meta, entry, data_key). Arrays are
+    `<split>_images` and `<split>_labels` (the int each file was listed with) of the files that decoded.
+    `key_extra` joins the cache key: what else, beyond the listing, the entry stands for (multi-label targets)."""
     listing = [(s, str(p.relative_to(root)), lbl, *_stat(p)) for s, items in files.items() for p, lbl in items]
     store = cache.cache_root(cache_dir)
     # The entry and the fingerprint depend on the data and on what the preprocessing resolves to, never on how
@@ -216,7 +216,7 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | No
         raise DatasetError(f"{root}: its images have {kind.bands} bands (e.g. {first}); --channels must be "
                            f"{kind.bands} or left unset for rasters (.npy, multi-band or 16-bit TIFF)")
     raster = [("raster", kind.bands, kind.dtype)] if kind else []  # what an 8-bit L/RGB folder's key never had
-    data_key = cache.fingerprint(["folder", classes, listing, imgsz, resize, *raster])
+    data_key = cache.fingerprint(["folder", classes, listing, imgsz, resize, *raster, *key_extra])
     found = cache.load(store, data_key) if channels else None  # decoded before without --channels?
     if found is not None and found[1]["channels"] == channels:
         (arrays, meta), entry = found, data_key
@@ -228,6 +228,17 @@ def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | No
         entry = data_key
         arrays, meta, _ = cache.load_or_build(store, entry, lambda tmp: _build(
             tmp, root, files, imgsz, None, resize, verbose, kind))
+    return arrays, meta, entry, data_key
+
+
+def load_folder(root: str | os.PathLike[str], *, imgsz: Size, channels: int | None, resize: str,
+                cache_dir: str | None, verbose: bool = True, scanned: Scan | None = None) -> Dataset:
+    """`scanned`: this folder's `scan(root)`, when the caller already listed it."""
+    root = Path(root).expanduser()
+    classes, files, skipped = scanned or scan(root)
+    skipped = list(skipped)
+    arrays, meta, entry, data_key = decode_files(root, classes, files, imgsz=imgsz, channels=channels,
+                                                 resize=resize, cache_dir=cache_dir, verbose=verbose)
     skipped += [(str(root / p), why) for p, why in meta["skipped"]]
     splits = {}
     for split in files:

@@ -54,7 +54,8 @@ def mix_params(h: int, w: int, mixup: float, cutmix: float, generator: torch.Gen
 
 
 def mix(x: Tensor, labels: Tensor, num_classes: int, params: MixParams) -> tuple[Tensor, Tensor]:
-    """([N, C, H, W] float images, [N] int labels) -> (mixed images, [N, num_classes] soft targets).
+    """([N, C, H, W] float images, [N] int labels or [N, K] multi-hot rows) -> (mixed images, [N, num_classes]
+    soft targets).
 
     Never writes to its inputs; keeps dtype and device.
     """
@@ -65,5 +66,5 @@ def mix(x: Tensor, labels: Tensor, num_classes: int, params: MixParams) -> tuple
         top, left, bottom, right = params.box
         mixed = x.clone()
         mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
-    own = F.one_hot(labels, num_classes).to(x.dtype)
+    own = (labels if labels.ndim == 2 else F.one_hot(labels, num_classes)).to(x.dtype)  # multi-hot rows as they are
     return mixed, params.lam * own + (1.0 - params.lam) * own.flip(0)

@@ -28,11 +28,26 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: Siz
     calibration = meta.get("calibration") or None
     temperature = float(calibration["temperature"]) if calibration else 1.0
     channels = int(pre["channels"])
+    multilabel = meta.get("task") == "multilabel"
     from pigeon.engine.checkpoint import versions
+
+    output = {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis",
+              "temperature": temperature,
+              "calibrated": ("the graph divides the logits by the temperature fitted on the validation split, so "
+                             "their softmax is calibrated" if temperature != 1.0 else
+                             "no: the checkpoint has no fitted temperature")}
+    if multilabel:
+        from pigeon.calibration import thresholds_of
+
+        output = {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "sigmoid of each logit, independently",
+                  "decision": "a class is present when its sigmoid probability >= its threshold",
+                  "thresholds": thresholds_of(meta),
+                  "thresholds_fitted_on": (meta.get("thresholds") or {}).get("fitted_on")}
 
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "runtime": runtime, "precision": precision,
-        "model": meta["model"], "classes": list(meta["classes"]), "preprocess": pre,
+        "model": meta["model"], "task": "multilabel" if multilabel else "multiclass", "classes": list(meta["classes"]),
+        "preprocess": pre,
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
             "shape": ["batch" if dynamic_batch else 1, channels, h, w],
@@ -43,11 +58,7 @@ def make_contract(meta: dict[str, Any], runtime: str, precision: str, imgsz: Siz
                          "preprocess" if pre.get("dtype") == "uint16" else
                          "(pixel / 255 - mean) / std per channel, pixel in 0..255; mean and std in preprocess",
         },
-        "output": {"name": OUTPUT_NAME, "kind": "logits", "probabilities": "softmax over the last axis",
-                   "temperature": temperature,
-                   "calibrated": ("the graph divides the logits by the temperature fitted on the validation "
-                                  "split, so their softmax is calibrated" if temperature != 1.0 else
-                                  "no: the checkpoint has no fitted temperature")},
+        "output": output,
         "calibration": ({**calibration, "applied_in_graph": True} if calibration else None),
         "source": {"checkpoint": checkpoint, "sha256": meta.get("sha256")},
         "versions": versions(),

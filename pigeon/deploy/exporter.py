@@ -24,6 +24,7 @@ from torch import nn
 
 from pigeon.calibration import temperature_of
 from pigeon.config import ExportConfig, Size, as_size, size_hw, size_text
+from pigeon.data.dataset import to_model_labels
 from pigeon.deploy.contract import (
     INPUT_NAME,
     METADATA_KEY,
@@ -160,7 +161,8 @@ def _export_data(data: str | None, meta: dict[str, Any], imgsz: Size, cache_dir:
         if not data:
             raise DatasetError("the checkpoint does not name its training data")
         return load_dataset(str(data), imgsz=imgsz, channels=int(meta["preprocess"]["channels"]),
-                            resize=meta["preprocess"]["resize"], cache_dir=cache_dir, verbose=False)
+                            resize=meta["preprocess"]["resize"], cache_dir=cache_dir, verbose=False,
+                            task="multilabel" if meta.get("task") == "multilabel" else "auto")
     except DatasetError as err:
         raise ExportError(f"{need} and could not read {data!r} ({err}); {fix}") from None
 
@@ -178,8 +180,8 @@ def _check_images(cfg: ExportConfig, meta: dict[str, Any], imgsz: Size) -> tuple
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
         raise ExportError(f"{data}: classes {unknown[:5]} are not the model's; give --data with its classes")
-    to_model = np.array([classes.index(c) for c in ds.classes], dtype=np.int64)
-    return np.asarray(split.images[pick]), to_model[np.asarray(split.labels)[pick]]
+    return np.asarray(split.images[pick]), to_model_labels(np.asarray(split.labels)[pick], ds.classes, classes)
+
 
 
 @contextlib.contextmanager
@@ -332,6 +334,9 @@ def _parity(model: nn.Module, exported: nn.Module, images: np.ndarray, labels: n
 
     spec = Preprocess.from_dict({**meta["preprocess"], "imgsz": list(images.shape[-2:])})
     cpu = torch.device("cpu")
+    if meta.get("task") == "multilabel":
+        return _multilabel_parity(logits_for(model, images, spec, cpu), logits_for(exported, images, spec, cpu),
+                                  labels, meta, cfg)
     ref = logits_for(model, images, spec, cpu).softmax(1)
     got = logits_for(exported, images, spec, cpu).softmax(1)
     agreement = float((ref.argmax(1) == got.argmax(1)).float().mean())
@@ -355,7 +360,38 @@ def _parity(model: nn.Module, exported: nn.Module, images: np.ndarray, labels: n
     return report
 
 
+def _multilabel_parity(ref_logits: torch.Tensor, got_logits: torch.Tensor, labels: np.ndarray, meta: dict[str, Any],
+                       cfg: ExportConfig) -> dict[str, Any]:
+    """The multi-label check: the share of images whose whole label set (at the model's thresholds) is the same
+    from PyTorch and from the export, max |delta prob| of the sigmoids, and exact-match accuracy of each."""
+    from pigeon.calibration import thresholds_of
+
+    thresholds = torch.tensor(thresholds_of(meta))
+    ref, got = torch.sigmoid(ref_logits), torch.sigmoid(got_logits)
+    ref_sets, got_sets, truth = ref >= thresholds, got >= thresholds, torch.as_tensor(labels).bool()
+    agreement = float((ref_sets == got_sets).all(1).float().mean())
+    report = {"images": len(labels), "label_set_agreement": agreement,
+              "max_abs_prob_diff": float((ref - got).abs().max()),
+              "torch_exact_match": float((ref_sets == truth).all(1).float().mean()),
+              "export_exact_match": float((got_sets == truth).all(1).float().mean())}
+    if cfg.int8:
+        report["exact_match_drop"] = report["torch_exact_match"] - report["export_exact_match"]
+        if report["exact_match_drop"] > cfg.int8_max_drop:
+            raise ExportError(f"INT8 loses {report['exact_match_drop']:.2%} exact-match accuracy against fp32 on "
+                              f"{len(labels)} real images, more than --int8-max-drop {cfg.int8_max_drop:.2%}; "
+                              "calibrate on more images (--calib-images), raise the bound, or export fp32")
+    elif agreement < cfg.min_agreement:
+        raise ExportError(f"the {cfg.format} export gives the same label set as PyTorch on only {agreement:.2%} of "
+                          f"{len(labels)} real images (needs {cfg.min_agreement:.2%}; max |delta prob| "
+                          f"{report['max_abs_prob_diff']:.4f}); nothing was written. Report this model as a bug")
+    return report
+
+
 def _describe(parity: dict[str, Any]) -> str:
+    if "label_set_agreement" in parity:
+        return (f"parity on {parity['images']} real images: same label set {parity['label_set_agreement']:.2%}, max "
+                f"|delta prob| {parity['max_abs_prob_diff']:.2e}, exact match {parity['torch_exact_match']:.2%} "
+                f"(PyTorch) vs {parity['export_exact_match']:.2%} (export)")
     text = (f"parity on {parity['images']} real images: top-1 agreement {parity['top1_agreement']:.2%}, "
             f"max |delta prob| {parity['max_abs_prob_diff']:.2e}, accuracy {parity['torch_top1']:.2%} (PyTorch) vs "
             f"{parity['export_top1']:.2%} (export)")

@@ -116,5 +116,9 @@ def load_runtime(path: str | os.PathLike[str], threads: int | None = None) -> tu
                               f"folder with {sidecar(path).name})")
     meta = {"model": contract["model"], "classes": contract["classes"], "preprocess": contract["preprocess"],
             "config": {"amp": "off"}, "runtime": contract["runtime"], "precision": contract["precision"],
-            "contract": contract, "calibration": contract.get("calibration")}
+            "contract": contract, "calibration": contract.get("calibration"),
+            "task": contract.get("task", "multiclass")}
+    if meta["task"] == "multilabel":
+        meta["thresholds"] = {"values": contract["output"]["thresholds"],
+                              "fitted_on": contract["output"].get("thresholds_fitted_on")}
     return module.eval(), meta

@@ -15,6 +15,9 @@ AUTO_RATIO = 3.0
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Training images per class: of each index in [N] labels, or each class's positives in [N, K] rows."""
+    if np.ndim(labels) == 2:
+        return np.asarray(labels, dtype=np.int64).sum(0)
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
 
 
@@ -35,11 +38,19 @@ def resolve(mode: str, counts: np.ndarray) -> str:
     return "sampler" if imbalance_ratio(counts) >= AUTO_RATIO else "none"
 
 
-def describe(given: str, mode: str, counts: np.ndarray, classes: list[str]) -> str | None:
+def describe(given: str, mode: str, counts: np.ndarray, classes: list[str], multilabel: bool = False) -> str | None:
     """The line that says what `--balance` does in this run, when it does something or was left on auto."""
     present = np.flatnonzero(counts)
     if present.size == 0:
         return None
+    if multilabel:
+        if mode == "weights":
+            return ("balance weights: each class's positive images weigh (negatives / positives) in its binary "
+                    "cross-entropy, at most 100x (--balance none turns it off)")
+        ratio = imbalance_ratio(counts)
+        return None if given == "none" or ratio < AUTO_RATIO else (
+            f"balance auto: none (multi-label); the most frequent class has {ratio:.1f}x the positives of the rarest: "
+            "try --balance weights")
     big, small = present[np.argmax(counts[present])], present[np.argmin(counts[present])]
     ratio = imbalance_ratio(counts)
     shape = (f"the largest class ({classes[big]}, {counts[big]} images) has {ratio:.1f}x the smallest "
@@ -50,6 +61,13 @@ def describe(given: str, mode: str, counts: np.ndarray, classes: list[str]) -> s
            else "each epoch draws images with replacement so that every class is drawn equally often")
     origin = f"auto: {mode}, because" if given == "auto" else f"{mode}:"
     return f"balance {origin} {shape}; {how} (--balance none turns it off)"
+
+
+def positive_weights(counts: np.ndarray, images: int, cap: float = 100.0) -> torch.Tensor:
+    """Multi-label: each class's positives weighed negatives / positives in its BCE, so both sides count alike,
+    capped (a class seen once in 10,000 images would get a weight that swamps the rest)."""
+    pos = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return torch.from_numpy(np.clip((images - pos) / pos, 1.0, cap).astype(np.float32))
 
 
 def loss_weights(counts: np.ndarray) -> torch.Tensor:

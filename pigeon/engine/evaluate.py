@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from pigeon.calibration import calibration_report
 from pigeon.data.preprocess import Preprocess, normalize
 from pigeon.engine.device import autocast
-from pigeon.metrics import classification_report
+from pigeon.metrics import classification_report, multilabel_report
 
 
 @torch.inference_mode()
@@ -43,15 +43,18 @@ def logits_for(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Prepro
 
 def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, classes: list[str],
              spec: Preprocess, device: torch.device, temperature: float = 1.0, min_conf: float | None = None,
-             **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
+             thresholds: list[float] | None = None, **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
     """Top-1/top-5, per-class precision/recall/F1, confusion matrix and mean cross-entropy, and the
     confidence figures at `temperature` (ECE, risk-coverage, thresholds; `min_conf`'s effect); plus the logits."""
     logits = logits_for(model, images, spec, device, **kw)
-    return report_for(logits, labels, classes, temperature, min_conf), logits
+    return report_for(logits, labels, classes, temperature, min_conf, thresholds), logits
 
 
 def report_for(logits: torch.Tensor, labels: np.ndarray, classes: list[str], temperature: float = 1.0,
-               min_conf: float | None = None) -> dict[str, Any]:
+               min_conf: float | None = None, thresholds: list[float] | None = None) -> dict[str, Any]:
+    """The single-label report for [N] class indices, the multi-label one (at `thresholds`) for [N, K] rows."""
+    if np.ndim(labels) == 2:
+        return multilabel_report(logits, labels, list(classes), thresholds)
     targets = torch.as_tensor(np.array(labels, dtype=np.int64))
     report = classification_report(logits, targets, list(classes))
     report["loss"] = float(F.cross_entropy(logits, targets))  # the training loss's scale: no temperature

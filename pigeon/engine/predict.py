@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pigeon.calibration import UNKNOWN, temperature_of
+from pigeon.calibration import UNKNOWN, temperature_of, thresholds_of
 from pigeon.config import PredictConfig, build
 from pigeon.data.preprocess import FILE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.data.rasters import probe, read_raster, resize_raster, to_dtype
 from pigeon.engine.device import amp_dtype, select_device
 from pigeon.engine.evaluate import logits_for
-from pigeon.errors import DatasetError, ImageError, describe
+from pigeon.errors import ConfigError, DatasetError, ImageError, describe
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class Prediction:
 
     With `min_conf` set, an image whose top-1 confidence is below it is `abstained`: its label is "unknown",
     while `top1` and `probs` still hold the model's best guess for whoever wants to look.
+
+    A multi-label model's Prediction has `thresholds`: `probs` are per-class sigmoid probabilities and `labels`
+    every class at or above its threshold, most probable first; `label` joins them with ";" ("" for none).
     """
 
     source: str
@@ -36,6 +39,22 @@ class Prediction:
     top_k: int = 5
     error: str | None = None
     min_conf: float | None = None
+    thresholds: np.ndarray | None = field(default=None, repr=False)  # per class, for a multi-label model
+
+    @property
+    def multilabel(self) -> bool:
+        return self.thresholds is not None
+
+    @property
+    def labels(self) -> list[str]:
+        """Every predicted class, most probable first: those at or above their thresholds (multi-label), or the
+        one top-1 class unless abstained."""
+        if self.probs is None:
+            return []
+        if self.thresholds is None:
+            return [] if self.abstained else [self.classes[self.top1]]  # type: ignore[index]
+        order = np.argsort(-self.probs, kind="stable")
+        return [self.classes[i] for i in order if self.probs[i] >= self.thresholds[i]]
 
     @property
     def ok(self) -> bool:
@@ -63,11 +82,20 @@ class Prediction:
     def label(self) -> str | None:
         if self.top1 is None:
             return None
+        if self.thresholds is not None:
+            return ";".join(self.labels)  # a labels CSV's own spelling
         return UNKNOWN if self.abstained else self.classes[self.top1]
 
     def to_dict(self) -> dict[str, Any]:
         if self.probs is None:
             return {"source": self.source, "error": self.error}
+        if self.thresholds is not None:
+            index = {c: i for i, c in enumerate(self.classes)}
+            return {"source": self.source, "label": self.label, "labels": self.labels,
+                    "scores": [{"label": c, "index": index[c], "prob": round(float(self.probs[index[c]]), 6),
+                                "threshold": round(float(self.thresholds[index[c]]), 6)} for c in self.labels],
+                    "top_k": [{"label": self.classes[i], "index": i, "prob": round(float(self.probs[i]), 6)}
+                              for i in self.top5]}
         out = {"source": self.source, "label": self.label, "confidence": round(float(self.top1_conf or 0), 6),
                "top_k": [{"label": self.classes[i], "index": i, "prob": round(float(self.probs[i]), 6)}
                          for i in self.top5]}
@@ -78,6 +106,8 @@ class Prediction:
     def __repr__(self) -> str:
         if self.error:
             return f"Prediction(source={self.source!r}, error={self.error!r})"
+        if self.thresholds is not None:
+            return f"Prediction(source={self.source!r}, labels={self.labels!r})"
         return f"Prediction(source={self.source!r}, label={self.label!r}, conf={self.top1_conf:.4f})"
 
 
@@ -167,6 +197,10 @@ class Classifier:
         # softmax(logits / T) with the temperature fitted after training: 1 for uncalibrated checkpoints and for
         # exports, whose graph divides already.
         self.temperature = temperature_of(meta)
+        self.task = str(meta.get("task", "multiclass"))
+        # A multi-label model says "yes" to each class at its own threshold, fitted on val after training.
+        self.thresholds = (np.asarray(thresholds_of(meta), dtype=np.float64) if self.task == "multilabel"
+                           else None)
         self.fitted_temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
         # The same precision and memory format as training's validation, so predictions match the reported
         # accuracy: bf16 where the CPU or GPU runs it natively (5x the batch throughput on this CPU), unless
@@ -195,6 +229,9 @@ class Classifier:
     def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int,
                      min_conf: float | None = None) -> Iterator[Prediction]:
         build(PredictConfig, min_conf=min_conf)  # the check, and the message, of pigeon.predict's options
+        if min_conf is not None and self.thresholds is not None:
+            raise ConfigError("min_conf is for single-label models; a multi-label model answers each class at its "
+                              "own threshold (fitted on val), and an image with no class above it gets no label")
         top_k = max(1, min(top_k, len(self.classes)))
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
@@ -210,10 +247,14 @@ class Classifier:
             good = [a for a in arrays if a is not None]
             probs = iter(self.probabilities(np.stack(good)) if good else [])
             for (name, _), arr, err in zip(chunk, arrays, errors):
-                yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err, min_conf)
+                yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err, min_conf,
+                                 self.thresholds)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, C, H, W] already preprocessed -> calibrated probabilities [N, K]."""
+        """uint8 [N, C, H, W] already preprocessed -> calibrated probabilities [N, K]: a softmax, or one sigmoid
+        per class for a multi-label model."""
+        if self.thresholds is not None:
+            return torch.sigmoid(self.logits(images)).numpy()
         return (self.logits(images) / self.temperature).softmax(1).numpy()
 
     def logits(self, images: np.ndarray) -> torch.Tensor:

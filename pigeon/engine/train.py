@@ -71,11 +71,20 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
     n_train = len(ds.splits["train"])
     counts = balance.class_counts(ds.splits["train"].labels, len(ds.classes))
     total_steps = n_train // min(cfg.batch, n_train) * cfg.epochs
+    multilabel = ds.task == "multilabel"
+    if multilabel and cfg.balance == "sampler":
+        raise ConfigError("balance=sampler draws each class equally often, which has no meaning when an image has "
+                          "several classes; use --balance weights (each class's positives weigh more) or none")
+    if not multilabel and cfg.select == "map":
+        raise ConfigError("select=map (mean average precision) is for multi-label runs; choose top1, macro_f1 or "
+                          "loss for a single-label one")
     return dataclasses.replace(
-        cfg, imgsz=spec.imgsz, channels=spec.channels, lr=lr,
+        cfg, imgsz=spec.imgsz, channels=spec.channels, lr=lr, task=ds.task,
+        select="map" if multilabel and cfg.select == "top1" else cfg.select,
         ema_decay=cfg.ema_decay if cfg.ema_decay is not None else ema_decay_for(total_steps),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
-        balance=balance.resolve(cfg.balance, counts),
+        balance=(("none" if cfg.balance == "auto" else cfg.balance) if multilabel
+                 else balance.resolve(cfg.balance, counts)),
         fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
         translate=cfg.translate if cfg.translate is not None else max(1, min(spec.hw) // 10),
         resized_crop=cfg.resized_crop if cfg.resized_crop is not None else min(spec.hw) >= 64,
@@ -153,12 +162,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, head: set[str] | None = N
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, lr: float, amp: torch.dtype | None, label_smoothing: float,
-               grad_clip: float, class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimizer step; `y` is [N] class indices, or [N, K] soft targets (mixup, CutMix)."""
+               grad_clip: float, class_weight: torch.Tensor | None = None, multilabel: bool = False) -> torch.Tensor:
+    """One optimizer step; `y` is [N] class indices, or [N, K] soft targets (mixup, CutMix).
+
+    Multi-label: `y` is [N, K] multi-hot (or mixed) targets, the loss binary cross-entropy per class, smoothed
+    towards 1/2 and summed over classes, and `class_weight` weighs each class's positives (BCE's pos_weight)."""
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     with autocast(x.device, amp):
-        loss = F.cross_entropy(model(x), y, weight=class_weight, label_smoothing=label_smoothing)
+        if multilabel:
+            target = y * (1 - label_smoothing) + label_smoothing / 2
+            # Summed over classes, averaged over images: a mean over classes too would shrink every gradient K
+            # times below softmax cross-entropy's, so the learning rates tuned for that would barely move it.
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), target, pos_weight=class_weight,
+                                                      reduction="sum") / len(x)
+        else:
+            loss = F.cross_entropy(model(x), y, weight=class_weight, label_smoothing=label_smoothing)
     scaler.scale(loss).backward()
     if grad_clip > 0:
         scaler.unscale_(opt)
@@ -258,7 +277,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     ds = load_dataset(cfg.data, imgsz=cfg.imgsz, channels=cfg.channels, resize=cfg.resize,
-                      cache_dir=cfg.cache_dir, verbose=cfg.verbose)
+                      cache_dir=cfg.cache_dir, verbose=cfg.verbose, task=cfg.task)
+    multilabel = ds.task == "multilabel"
     ds = with_validation(ds, cfg.val_fraction, cfg.seed)
     cfg, recipe_note = apply_recipe(cfg, device, weights, len(ds.splits["train"]))
     if cfg.patience and "val" not in ds.splits:
@@ -268,7 +288,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     flip_by_default, balance_given = cfg.fliplr is None, cfg.balance
     cfg = resolve(cfg, ds, device)
     counts = balance.class_counts(ds.splits["train"].labels, len(ds.classes))
-    balance_note = None if cfg.resume else balance.describe(balance_given, cfg.balance, counts, list(ds.classes))
+    balance_note = None if cfg.resume else balance.describe(balance_given, cfg.balance, counts, list(ds.classes),
+                                                            multilabel)
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
     transfer = fit_weights(model, weights, classes, cfg.model) if weights is not None else None  # before any file
@@ -277,7 +298,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                                                                cfg.exist_ok)
     (run_dir / "weights").mkdir(exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
-    hint = _flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume else None
+    hint = (_flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume and not multilabel
+            else None)
     notes = [recipe_note, *ds.notes, hint, balance_note]
     for note in filter(None, notes):
         say(f"note: {note}")
@@ -303,8 +325,11 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
 
     # A private, writable copy in RAM (the cache is a read-only memory map); uint8 stays uint8.
     images = torch.from_numpy(np.require(train_split.images, requirements="CW")).to(device)
-    labels = torch.from_numpy(np.array(train_split.labels, dtype=np.int64)).to(device)
-    class_weight = balance.loss_weights(counts).to(device) if cfg.balance == "weights" else None
+    labels = torch.from_numpy(np.array(train_split.labels, dtype=np.float32 if multilabel else np.int64)).to(device)
+    class_weight = None
+    if cfg.balance == "weights":
+        class_weight = (balance.positive_weights(counts, len(labels)) if multilabel
+                        else balance.loss_weights(counts)).to(device)
     mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
     batch = min(cfg.batch, len(labels))
     steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm
@@ -312,7 +337,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
     ema = EMA(model, float(cfg.ema_decay or 0)) if cfg.ema else None
     eval_kw = {"amp": amp, "channels_last": bool(cfg.channels_last)}
-    meta_base = {"model": cfg.model, "classes": classes, "preprocess": spec.to_dict(),
+    meta_base = {"model": cfg.model, "task": ds.task, "classes": classes, "preprocess": spec.to_dict(),
                  "config": cfg.to_dict(), "data": {"name": ds.name, "fingerprint": ds.fingerprint}}
 
     best_path, last_path = run_dir / "weights" / "best.safetensors", run_dir / "weights" / "last.safetensors"
@@ -335,7 +360,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     elapsed_before = float(progress_state["elapsed"])
     total_steps = steps_per_epoch * planned
 
-    say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes, "
+    say(f"training {cfg.model} on {ds.name}: {len(labels)} train images, {len(classes)} classes"
+        + (" (multi-label: sigmoid outputs, binary cross-entropy per class)" if multilabel else "") + ", "
         f"{spec.hw[0]}x{spec.hw[1]}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     say(f"precision: {precision}")
@@ -372,7 +398,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                 x = x.contiguous(memory_format=memory_format)
                 lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
                 loss_sum += train_step(model, x, y, opt, scaler, lr, amp, cfg.label_smoothing, cfg.grad_clip,
-                                       class_weight)
+                                       class_weight, multilabel)
                 if ema is not None:
                     ema.update(model)
                 step += 1
@@ -404,10 +430,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             if eval_name is not None:
                 split = ds.splits[eval_name]
                 report, _ = evaluate(final_model, split.images, split.labels, classes, spec, device, **eval_kw)
-                row.update({f"{eval_name}_loss": round(report["loss"], 5),
-                            f"{eval_name}_top1": round(report["top1"], 5),
-                            f"{eval_name}_top5": report["top5"] and round(report["top5"], 5),
-                            f"{eval_name}_macro_f1": round(report["macro_f1"], 5)})
+                row.update({f"{eval_name}_{key}": report[key] and round(report[key], 5) for key in
+                            (EPOCH_FIGURES_MULTILABEL if multilabel else EPOCH_FIGURES)})
             elapsed = elapsed_before + time.perf_counter() - t0
             row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(elapsed, 2)})
             rows.append(row)
@@ -436,8 +460,10 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                 "epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
                 "planned_epochs": planned, "elapsed": elapsed, "fingerprint": ds.fingerprint,
                 "pretrained": meta_base.get("pretrained")})
-            shown = (f" {eval_name} top-1 {report['top1']:.2%}" + (f" top-5 {report['top5']:.2%}" if report["top5"]
-                     else "") + f" loss {report['loss']:.4f}") if report else ""
+            shown = "" if not report else (
+                f" {eval_name} mAP {report['map']:.2%} micro-F1 {report['micro_f1']:.2%}" if multilabel else
+                f" {eval_name} top-1 {report['top1']:.2%}" + (f" top-5 {report['top5']:.2%}" if report["top5"]
+                                                              else "")) + f" loss {report['loss']:.4f}"
             say(f"epoch {epoch}/{planned}: train loss {row['train_loss']:.4f}{shown} "
                 f"({len(labels) * 1.0 / train_time:.0f} img/s, {train_time:.1f}s)")
             if stopped:
@@ -460,13 +486,22 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     results: dict[str, dict[str, Any] | None] = {"val": None, "test": None}
     final_logits = {name: logits_for(best_model, ds.splits[name].images, spec, device, **eval_kw)
                     for name in ("val", "test") if name in ds.splits}
-    calibration = _calibrate(cfg, final_logits.get("val"), ds.splits.get("val"), say)
+    calibration, thresholds = None, None
+    if multilabel:
+        thresholds = _fit_thresholds(cfg, final_logits.get("val"), ds.splits.get("val"), classes, say)
+    else:
+        calibration = _calibrate(cfg, final_logits.get("val"), ds.splits.get("val"), say)
     temperature = calibration["temperature"] if calibration else 1.0
     for name, logits in final_logits.items():
         split = ds.splits[name]
-        results[name] = rep = report_for(logits, split.labels, classes, temperature)
+        results[name] = rep = report_for(logits, split.labels, classes, temperature,
+                                         thresholds=thresholds["values"] if thresholds else None)
         if name == eval_name and cfg.plots:
-            _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
+            if multilabel:
+                from pigeon import plots
+                plots.plot_curves(rows, run_dir / "curves.png", split=eval_name)
+            else:
+                _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
     if calibration and results["test"] is not None:
         test_cal = results["test"]["calibration"]
         say(f"on test: ECE {test_cal['ece_uncalibrated']:.2%} -> {test_cal['ece']:.2%}, NLL "
@@ -478,21 +513,33 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     if hint:
         summary["hint"] = hint
     if results["test"] is None and results["val"] is not None and eval_name == "val":
-        summary["caveat"] = (f"no test split: the val top-1 {results['val']['top1']:.2%} is optimistic, because "
-                             "the best epoch was chosen on val and is reported on val; add a test/ folder (same "
-                             "class folders, images used for nothing else) for an unbiased figure")
+        figure = (f"the val mAP {results['val']['map']:.2%}" if multilabel
+                  else f"the val top-1 {results['val']['top1']:.2%}")
+        chosen = "the best epoch and the thresholds were" if multilabel else "the best epoch was"
+        where = ("rows with split test to the CSV" if Path(str(cfg.data)).suffix.lower() == ".csv"
+                 else "a test/ folder (same class folders, images used for nothing else)")
+        summary["caveat"] = (f"no test split: {figure} is optimistic, because {chosen} chosen on val and it is "
+                             f"reported on val; add {where} for an unbiased figure")
     write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
     checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch, "calibration": calibration,
+                                            **({"thresholds": thresholds} if thresholds else {}),
                                             "metrics": {k: _brief(v) for k, v in results.items() if v}})
     headline = results["test"] or results["val"]
     emit({"event": "done", "run_dir": str(run_dir), **summary})
     if headline is not None:
         say(format_report(headline))
     split_name = "test" if results["test"] else "val"
-    say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); "
-        + (f"{split_name} top-1 {headline['top1']:.2%}, balanced accuracy {headline['balanced_accuracy']:.2%}, "
-           f"worst class {headline['worst_class']['class']} (recall {headline['worst_class']['recall']:.2%}); "
-           if headline else "") + f"weights in {best_path}")
+    if headline and multilabel:
+        worst = headline["worst_class"]
+        figures = (f"{split_name} mAP {headline['map']:.2%}, micro-F1 {headline['micro_f1']:.2%}, exact match "
+                   f"{headline['exact_match']:.2%}, worst class {worst['class']}"
+                   + (f" (AP {worst['ap']:.2%}); " if worst["ap"] is not None else "; "))
+    elif headline:
+        figures = (f"{split_name} top-1 {headline['top1']:.2%}, balanced accuracy {headline['balanced_accuracy']:.2%}, "
+                   f"worst class {headline['worst_class']['class']} (recall {headline['worst_class']['recall']:.2%}); ")
+    else:
+        figures = ""
+    say(f"done in {seconds:.1f}s: best epoch {best_epoch} ({summary['selected_on']}); {figures}weights in {best_path}")
     if "caveat" in summary:
         say(f"note: {summary['caveat']}")
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
@@ -502,11 +549,34 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
 def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if report is None:
         return None
-    brief = {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "balanced_accuracy", "worst_class", "loss")
-             if k in report}
+    brief = {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "balanced_accuracy", "map", "micro_f1",
+                                    "exact_match", "hamming_accuracy", "worst_class", "loss") if k in report}
     if "calibration" in report:
         brief["ece"] = report["calibration"]["ece"]
     return brief
+
+
+def _fit_thresholds(cfg: TrainConfig, val_logits: torch.Tensor | None, val: Any, classes: list[str],
+                    say: Any) -> dict[str, Any]:
+    """Per-class decision thresholds of a multi-label model: each class's best F1 on the val split (never test);
+    0.5 for a class without a positive there, or for all without val or with --no-calibrate."""
+    from pigeon.metrics import best_f1_thresholds
+
+    fitted = cfg.calibrate and val_logits is not None and val is not None
+    if not fitted:
+        say("thresholds: 0.5 for every class (" + ("--no-calibrate" if not cfg.calibrate else
+            "no validation split to fit them on, never test; keep one with --val-fraction") + ")")
+        return {"values": [0.5] * len(classes), "method": "fixed 0.5", "fitted_on": None, "images": 0}
+    values = best_f1_thresholds(torch.sigmoid(val_logits).numpy(), np.asarray(val.labels))
+    no_positive = [c for c, n in zip(classes, np.asarray(val.labels).sum(0)) if n == 0]
+    say(f"thresholds: per class, the best F1 on val ({len(val)} images), from {values.min():.3f} to "
+        f"{values.max():.3f}" + (f"; 0.5 for {len(no_positive)} class(es) with no val positive" if no_positive else ""))
+    return {"values": [round(float(v), 6) for v in values], "method": "best F1 per class on val",
+            "fitted_on": "val", "images": len(val)}
+
+
+EPOCH_FIGURES = ("loss", "top1", "top5", "macro_f1")  # results.csv's per-epoch columns of the evaluated split
+EPOCH_FIGURES_MULTILABEL = ("loss", "map", "micro_f1", "macro_f1")
 
 
 def _calibrate(cfg: TrainConfig, val_logits: torch.Tensor | None, val: Any, say: Any) -> dict[str, Any] | None:

@@ -364,6 +364,9 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
             raise ApiError(422, "bad_parameter", f"min_conf={min_conf} must be a probability between 0 and 1")
         t0 = time.perf_counter()
         model = ctx.models.loaded(model_id) or await run_in_threadpool(ctx.models.get, model_id)
+        thresholds = model.clf.thresholds  # a multi-label model: each class at its own threshold
+        if thresholds is not None:
+            min_conf = None  # not the server's default either: no single confidence decides a label set
         raw = await _read_images(request, config)
         spec = model.clf.preprocess
         decode_ms, arrays = [], []
@@ -384,19 +387,28 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
             order = np.argsort(-p)[:k]
             confidence = float(p[order[0]])
             abstained = min_conf is not None and confidence < min_conf
-            out.append({"file": name, "label": UNKNOWN if abstained else classes[order[0]],
-                        "confidence": confidence, "abstained": abstained,
-                        "top": [{"label": classes[i], "class_index": int(i), "score": float(p[i])} for i in order],
-                        "ms": {"decode": round(d_ms, 3), "inference": round(inference_ms, 3),
-                               "total": round(d_ms + inference_ms, 3)}})
+            item = {"file": name, "label": UNKNOWN if abstained else classes[order[0]],
+                    "confidence": confidence, "abstained": abstained,
+                    "top": [{"label": classes[i], "class_index": int(i), "score": float(p[i])} for i in order],
+                    "ms": {"decode": round(d_ms, 3), "inference": round(inference_ms, 3),
+                           "total": round(d_ms + inference_ms, 3)}}
+            if thresholds is not None:
+                present = [int(i) for i in np.argsort(-p) if p[i] >= thresholds[i]]
+                item.update(label=";".join(classes[i] for i in present), labels=[
+                    {"label": classes[i], "class_index": i, "score": float(p[i]), "threshold": float(thresholds[i])}
+                    for i in present])
+            out.append(item)
         return {"model": {"id": model.id, "name": model.name, "sha256": model.sha256,
-                          "temperature": model.clf.temperature}, "min_conf": min_conf, "predictions": out,
+                          "temperature": model.clf.temperature, "task": model.clf.task},
+                "min_conf": min_conf, "predictions": out,
                 "ms": {"total": round((time.perf_counter() - t0) * 1000, 3)}}
 
     predict_doc = ("Top-k classes of one or more images, with calibrated scores. Body: multipart `file` fields "
                    "(repeatable), raw image bytes (Content-Type image/*), or JSON {\"images\": [base64, ...]}. "
                    "`min_conf` (default: the server's --min-conf): below it an image's label is \"unknown\" and "
-                   "`abstained` is true; `top` still lists the model's guesses.")
+                   "`abstained` is true; `top` still lists the model's guesses. A multi-label model answers "
+                   "`labels`, every class at or above its own threshold (`label` joins them with ;), and ignores "
+                   "`min_conf`.")
 
     @api.post("/predict", tags=["predict"], description=predict_doc)
     async def predict_default(request: Request, top_k: int = 5, min_conf: float | None = None) -> dict[str, Any]:

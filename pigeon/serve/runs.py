@@ -91,6 +91,9 @@ def _val_predictions(folder: Path) -> dict[str, Any]:
 
     cfg = json.loads((folder / "config.json").read_text())
     clf = api.load(best)
+    if clf.thresholds is not None:
+        raise ApiError(409, "conflict", f"run {folder.name} is multi-label: it has no single predicted class per image "
+                       "to gather mistakes by; see its report (summary.json) or `pigeon val`")
     spec = clf.preprocess
     ds = with_validation(load_dataset(cfg["data"], imgsz=spec.imgsz, channels=spec.channels, resize=spec.resize,
                                       cache_dir=cfg.get("cache_dir"), verbose=False), cfg["val_fraction"],

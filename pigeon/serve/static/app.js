@@ -377,7 +377,7 @@ async function predictFiles(files) {
     $("#raw-json").textContent = JSON.stringify(res, null, 2);
     $("#predictions").replaceChildren(...res.predictions.map((p, i) => el("div", { class: "pred" },
       el("img", { src: URL.createObjectURL(files[i]), alt: p.file }),
-      el("div", {}, el("strong", { class: "top-label", text: p.abstained ? `unknown: best guess ${p.top[0].label} ${pct(p.top[0].score)} is below ${pct(res.min_conf)}` : `${p.top[0].label} ${pct(p.top[0].score)}` }),
+      el("div", {}, el("strong", { class: "top-label", text: p.labels ? (p.labels.length ? p.labels.map((t) => `${t.label} ${pct(t.score)}`).join(", ") : "no class above its threshold") : p.abstained ? `unknown: best guess ${p.top[0].label} ${pct(p.top[0].score)} is below ${pct(res.min_conf)}` : `${p.top[0].label} ${pct(p.top[0].score)}` }),
         ...p.top.map((t) => el("div", { class: "bar" }, el("span", { class: "label", text: t.label }),
           el("span", { class: "fill", style: `width:${Math.max(1, Math.round(250 * t.score))}px` }), el("span", { text: pct(t.score) }))),
         el("small", { text: `decode ${p.ms.decode.toFixed(1)} ms · inference ${p.ms.inference.toFixed(1)} ms · total ${p.ms.total.toFixed(1)} ms` })))));
