@@ -227,7 +227,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
 
     optuna = _import_optuna()
     base = cfg.base()
-    slug = re.sub(r"[^\w.-]+", "_", Path(cfg.data).name or cfg.data)
+    where = Path(cfg.data)  # a labels CSV names its study after its folder, as training names its run
+    slug = re.sub(r"[^\w.-]+", "_", (where.parent.name if where.suffix.lower() == ".csv" else where.name) or cfg.data)
     study_dir = Path(cfg.project) / (cfg.name or slug)
     study = _open_study(optuna, cfg, study_dir, base)
     native = native_size(base) if "imgsz" in cfg.space_names else 0
@@ -237,6 +238,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
     say(f"tuning {', '.join(cfg.space_names)} on {cfg.data} ({cfg.pruner} pruner, budget "
         + ", ".join(x for x in ((f"{cfg.time}" if cfg.time else ""), (f"{cfg.trials} trials" if cfg.trials
                                 else "")) if x) + f") -> {study_dir}")
+
+    select = _select(base)
 
     def objective(trial: Any) -> float:
         params = {name: SPACE[name](trial, base, native) for name in cfg.space_names}
@@ -253,26 +256,26 @@ def tune(cfg: TuneConfig) -> TuneResult:
                 trial.set_user_attr("run_dir", event["run_dir"])
             if event["event"] != "epoch":
                 return
-            key = f"val_{base.select}"
+            key = f"val_{select}"
             if event.get(key) is None:
                 raise ConfigError(f"tune selects on a validation split only, and {cfg.data} has none: set "
                                   "--val-fraction > 0 or give the data a val/ folder")
-            value = -float(event[key]) if base.select == "loss" else float(event[key])
+            value = -float(event[key]) if select == "loss" else float(event[key])
             trial.report(value, int(event["epoch"]))
             if trial.should_prune():
                 state["pruned"] = int(event["epoch"])
                 raise StopRun(f"pruned by tune ({cfg.pruner} pruner) after epoch {event['epoch']}: "
-                              f"val {base.select} {event[key]:.4f}")
+                              f"val {select} {event[key]:.4f}")
 
         with tracking.open_trackers(trial_cfg, on_event) as events:
             result = run_training(trial_cfg, events)
-        value = _score(result.val, base.select) if result.val else -math.inf
+        value = _score(result.val, select) if result.val else -math.inf
         trial.set_user_attr("epochs", result.epochs)
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         if "pruned" in state:
             say(f"trial {trial.number}: {shown} -> pruned after epoch {state['pruned']}")
             raise optuna.TrialPruned()
-        say(f"trial {trial.number}: {shown} -> val {base.select} {abs(value):.4f} ({result.seconds:.0f}s)")
+        say(f"trial {trial.number}: {shown} -> val {select} {abs(value):.4f} ({result.seconds:.0f}s)")
         return value
 
     complete_before = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
@@ -288,7 +291,15 @@ def tune(cfg: TuneConfig) -> TuneResult:
     return _report(cfg, study, study_dir, base, time.perf_counter() - t0)
 
 
+def _select(base: TrainConfig) -> str:
+    """The metric trials are scored on: a multi-label run reads "top1" as map, as training does (a labels CSV is
+    multi-label unless told otherwise)."""
+    multilabel = base.task == "multilabel" or (base.task == "auto" and Path(base.data).suffix.lower() == ".csv")
+    return "map" if multilabel and base.select == "top1" else base.select
+
+
 def _report(cfg: TuneConfig, study: Any, study_dir: Path, base: TrainConfig, seconds: float) -> TuneResult:
+    select = _select(base)
     from pigeon import tracking
     from pigeon.configfile import write_config_file
     from pigeon.engine.train import train as run_training
@@ -309,7 +320,7 @@ def _report(cfg: TuneConfig, study: Any, study_dir: Path, base: TrainConfig, sec
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                "epochs": t.user_attrs.get("epochs"), "run_dir": t.user_attrs.get("run_dir")}
               for t in study.get_trials(deepcopy=False)]
-    plot_history(trials, base.select, study_dir / "history.png")
+    plot_history(trials, select, study_dir / "history.png")
     plot_importance(study, study_dir / "importance.png")
     final = None
     if cfg.final:
@@ -317,7 +328,7 @@ def _report(cfg: TuneConfig, study: Any, study_dir: Path, base: TrainConfig, sec
                                           "name": "final", "exist_ok": False, "verbose": cfg.verbose})
         with tracking.open_trackers(final_cfg) as events:
             final = run_training(final_cfg, events)
-    summary = {"settings": _settings(cfg), "seconds": round(seconds, 1), "select": base.select,
+    summary = {"settings": _settings(cfg), "seconds": round(seconds, 1), "select": select,
                "best": {"number": best.number, "value": best.value, "params": best.params,
                         "config": str(best_path)},
                "final": None if final is None else {"run_dir": str(final.run_dir), "val": _brief(final.val),
@@ -332,8 +343,13 @@ def _report(cfg: TuneConfig, study: Any, study_dir: Path, base: TrainConfig, sec
                       best_config=best_path, final=final, trials=trials)
 
 
+def _headline(report: dict[str, Any]) -> str:
+    return f"mAP {report['map']:.2%}" if "map" in report else f"top-1 {report['top1']:.2%}"
+
+
 def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if report is None else {k: report[k] for k in ("n", "top1", "top5", "macro_f1", "loss")}
+    return None if report is None else {k: report[k] for k in ("n", "top1", "top5", "map", "macro_f1", "loss")
+                                        if k in report}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -354,8 +370,8 @@ def markdown(summary: dict[str, Any]) -> str:
     if final:
         test, val = final["test"], final["val"]
         lines.append(f"Trained once more ({final['run_dir']}): "
-                     + (f"val top-1 {val['top1']:.2%}; " if val else "")
-                     + (f"test top-1 {test['top1']:.2%} (the test split was not used to choose)." if test
+                     + (f"val {_headline(val)}; " if val else "")
+                     + (f"test {_headline(test)} (the test split was not used to choose)." if test
                         else "the data has no test split."))
     return "\n".join(lines) + "\n"
 

@@ -124,3 +124,13 @@ def test_balance_weights_weigh_each_class_positives_by_their_rarity() -> None:
     weights = positive_weights(np.array([50, 10, 1, 0]), images=100)
     assert weights.tolist() == pytest.approx([1.0, 9.0, 99.0, 99.0])
     assert positive_weights(np.array([1]), images=10_000).item() == 100.0  # capped
+
+
+def test_tune_scores_a_multi_label_study_on_val_map(run: Any, tmp_path: Path) -> None:
+    pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'pigeon[tune]'")
+    _, labels, base = run
+    result = pigeon.tune(str(labels), trials=1, epochs=1, batch=32, final=False, project=str(tmp_path),
+                         cache_dir=str(base / "cache"), verbose=False)
+    trial = json.loads((result.dir / "trials" / "trial-000" / "summary.json").read_text())
+    assert result.best_value == pytest.approx(trial["val"]["map"])
+    assert result.dir.name == labels.parent.name  # the CSV's folder names the study, as it names a run
