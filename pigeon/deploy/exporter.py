@@ -328,62 +328,47 @@ def _load_back(staged: Path, cfg: ExportConfig) -> nn.Module:
 
 def _parity(model: nn.Module, exported: nn.Module, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
             cfg: ExportConfig) -> dict[str, Any]:
-    """PyTorch (fp32) and the export on the same real images: top-1 agreement, max |delta prob|, accuracy."""
+    """PyTorch (fp32) and the export on the same real images: how often their answers agree (the top-1 class, or
+    a multi-label model's whole label set), max |delta prob|, and the accuracy of each (top-1, or exact match)."""
     from pigeon.data.preprocess import Preprocess
     from pigeon.engine.evaluate import logits_for
 
     spec = Preprocess.from_dict({**meta["preprocess"], "imgsz": list(images.shape[-2:])})
     cpu = torch.device("cpu")
+    ref_logits, got_logits = logits_for(model, images, spec, cpu), logits_for(exported, images, spec, cpu)
     if meta.get("task") == "multilabel":
-        return _multilabel_parity(logits_for(model, images, spec, cpu), logits_for(exported, images, spec, cpu),
-                                  labels, meta, cfg)
-    ref = logits_for(model, images, spec, cpu).softmax(1)
-    got = logits_for(exported, images, spec, cpu).softmax(1)
-    agreement = float((ref.argmax(1) == got.argmax(1)).float().mean())
-    labels_t = torch.as_tensor(labels)
-    report = {"images": len(labels), "top1_agreement": agreement,
-              "max_abs_prob_diff": float((ref - got).abs().max()),
-              "torch_top1": float((ref.argmax(1) == labels_t).float().mean()),
-              "export_top1": float((got.argmax(1) == labels_t).float().mean())}
+        # An image's answer is its whole label set at the model's thresholds; its accuracy is exact match.
+        from pigeon.calibration import thresholds_of
+
+        thresholds = torch.tensor(thresholds_of(meta))
+        ref, got = torch.sigmoid(ref_logits), torch.sigmoid(got_logits)
+        ref_answer, got_answer, truth = ref >= thresholds, got >= thresholds, torch.as_tensor(labels).bool()
+        agree_key, accuracy, accuracy_text, agrees = ("label_set_agreement", "exact_match", "exact-match accuracy",
+                                                      "gives the same label set as PyTorch")
+    else:
+        ref, got = ref_logits.softmax(1), got_logits.softmax(1)
+        ref_answer, got_answer, truth = ref.argmax(1), got.argmax(1), torch.as_tensor(labels)
+        agree_key, accuracy, accuracy_text, agrees = "top1_agreement", "top1", "top-1", "agrees with PyTorch"
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> float:
+        equal = a == b
+        return float((equal.all(1) if equal.ndim == 2 else equal).float().mean())
+
+    agreement = same(ref_answer, got_answer)
+    report = {"images": len(labels), agree_key: agreement, "max_abs_prob_diff": float((ref - got).abs().max()),
+              f"torch_{accuracy}": same(ref_answer, truth), f"export_{accuracy}": same(got_answer, truth)}
     if cfg.int8:
-        report["top1_drop"] = report["torch_top1"] - report["export_top1"]
-        if report["top1_drop"] > cfg.int8_max_drop:
-            raise ExportError(f"INT8 loses {report['top1_drop']:.2%} top-1 against fp32 on {len(labels)} real "
+        drop = report[f"{accuracy}_drop"] = report[f"torch_{accuracy}"] - report[f"export_{accuracy}"]
+        if drop > cfg.int8_max_drop:
+            raise ExportError(f"INT8 loses {drop:.2%} {accuracy_text} against fp32 on {len(labels)} real "
                               f"images, more than --int8-max-drop {cfg.int8_max_drop:.2%}; calibrate on more "
                               "images (--calib-images), raise the bound, or export fp32 (drop --int8)")
     elif agreement < cfg.min_agreement:
-        raise ExportError(f"the {cfg.format} export agrees with PyTorch on only {agreement:.2%} of {len(labels)} "
+        raise ExportError(f"the {cfg.format} export {agrees} on only {agreement:.2%} of {len(labels)} "
                           f"real images (needs {cfg.min_agreement:.2%}; max |delta prob| "
                           f"{report['max_abs_prob_diff']:.4f}); nothing was written. "
                           + ("Report this model as a bug" if cfg.format == "onnx" else
                              "Try --format onnx, or report this model as a bug"))
-    return report
-
-
-def _multilabel_parity(ref_logits: torch.Tensor, got_logits: torch.Tensor, labels: np.ndarray, meta: dict[str, Any],
-                       cfg: ExportConfig) -> dict[str, Any]:
-    """The multi-label check: the share of images whose whole label set (at the model's thresholds) is the same
-    from PyTorch and from the export, max |delta prob| of the sigmoids, and exact-match accuracy of each."""
-    from pigeon.calibration import thresholds_of
-
-    thresholds = torch.tensor(thresholds_of(meta))
-    ref, got = torch.sigmoid(ref_logits), torch.sigmoid(got_logits)
-    ref_sets, got_sets, truth = ref >= thresholds, got >= thresholds, torch.as_tensor(labels).bool()
-    agreement = float((ref_sets == got_sets).all(1).float().mean())
-    report = {"images": len(labels), "label_set_agreement": agreement,
-              "max_abs_prob_diff": float((ref - got).abs().max()),
-              "torch_exact_match": float((ref_sets == truth).all(1).float().mean()),
-              "export_exact_match": float((got_sets == truth).all(1).float().mean())}
-    if cfg.int8:
-        report["exact_match_drop"] = report["torch_exact_match"] - report["export_exact_match"]
-        if report["exact_match_drop"] > cfg.int8_max_drop:
-            raise ExportError(f"INT8 loses {report['exact_match_drop']:.2%} exact-match accuracy against fp32 on "
-                              f"{len(labels)} real images, more than --int8-max-drop {cfg.int8_max_drop:.2%}; "
-                              "calibrate on more images (--calib-images), raise the bound, or export fp32")
-    elif agreement < cfg.min_agreement:
-        raise ExportError(f"the {cfg.format} export gives the same label set as PyTorch on only {agreement:.2%} of "
-                          f"{len(labels)} real images (needs {cfg.min_agreement:.2%}; max |delta prob| "
-                          f"{report['max_abs_prob_diff']:.4f}); nothing was written. Report this model as a bug")
     return report
 
 
