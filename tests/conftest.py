@@ -112,6 +112,33 @@ def clf(digits_run: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def digits_weights(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of digits_run's best checkpoint, alone in a folder of its own: digits_exports writes beside it.
+    Nothing else may write there (tests/deploy/test_runtimes.py checks the folder holds only the exports)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("digits-exports") / "weights"
+    folder.mkdir()
+    for name in ("best.safetensors", "best.meta.json"):
+        shutil.copy2(digits_run / "weights" / name, folder / name)
+    return folder / "best.safetensors"
+
+
+@pytest.fixture(scope="session")
+def digits_exports(digits_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """{name: ExportResult} of digits_weights in every format of tests/digits_exports.py, exported once per
+    session (each export costs seconds): for tests that read an export; a test that exports makes its own."""
+    from digits_exports import CHECK_IMAGES, FORMATS
+
+    import pigeon
+
+    cache = str(tmp_path_factory.mktemp("digits-exports-cache"))  # session scope: PIGEON_CACHE_DIR is not isolated
+    out = {"onnx-dynamic": str(digits_weights.with_name("dynamic.onnx"))}
+    return {name: pigeon.export(digits_weights, check_images=CHECK_IMAGES, cache_dir=cache, out=out.get(name),
+                                verbose=False, **options) for name, options in FORMATS.items()}
+
+
+@pytest.fixture(scope="session")
 def tiny_clf(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple[np.ndarray, np.ndarray]) -> Any:
     """A pigeon-n trained for one epoch on 3 digit classes at 16x16 grayscale: for tests of predict's plumbing."""
     from PIL import Image

@@ -182,11 +182,10 @@ def test_cli_predict_says_unknown_below_min_conf(digits_run: Path, clf: pigeon.C
     assert not saved["sure"]["abstained"]
 
 
-def test_the_onnx_export_carries_the_temperature(digits_run: Path, clf: pigeon.Classifier,
-                                                 test_split: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+def test_the_onnx_export_carries_the_temperature(digits_exports: dict[str, Any], clf: pigeon.Classifier,
+                                                 test_split: tuple[np.ndarray, np.ndarray]) -> None:
     images, _ = test_split
-    result = pigeon.export(digits_run / "weights" / "best.safetensors", "onnx", out=str(tmp_path / "m.onnx"),
-                           verbose=False)
+    result = digits_exports["onnx"]  # the session's ONNX export of digits_run's calibrated checkpoint
     assert result.contract["output"]["temperature"] == clf.temperature
     assert result.contract["calibration"]["applied_in_graph"] is True
     onnx = pigeon.load(result.path)

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from digits_exports import CHECK_IMAGES, FORMATS
 from safetensors.torch import save_file
 from torch import nn
 
 import pigeon
-from pigeon.deploy import exporter, read_contract
+from pigeon.deploy import ExportResult, exporter, read_contract
 from pigeon.engine.checkpoint import read
 from pigeon.engine.predict import Classifier
 from pigeon.errors import CheckpointError, ConfigError, ExportError
@@ -67,13 +68,13 @@ def disagreeing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- the parity check ---------------------------------------------------------------------------------------------
 
-def test_parity_report_on_the_training_data(ckpt: Path) -> None:
-    result = pigeon.export(ckpt, check_images=100, verbose=False)
-    assert result.path == ckpt.with_name("best.onnx") and result.path.is_file()
+def test_parity_report_on_the_training_data(digits_weights: Path, digits_exports: dict[str, ExportResult]) -> None:
+    result = digits_exports["onnx"]  # exported once per session, with check_images=CHECK_IMAGES
+    assert result.path == digits_weights.with_name("best.onnx") and result.path.is_file()
     parity = result.parity
     assert parity is not None and parity == result.contract["parity"]
     assert set(parity) == {"images", "top1_agreement", "max_abs_prob_diff", "torch_top1", "export_top1"}
-    assert parity["images"] == 100  # check_images of digits' 450 test images
+    assert parity["images"] == CHECK_IMAGES < 450  # check_images of digits' 450 test images
     assert parity["top1_agreement"] >= 0.995
     assert 0.0 <= parity["max_abs_prob_diff"] < 1e-4  # fp32 against fp32
     assert 0.5 < parity["torch_top1"] <= 1.0  # a trained model, on real digits
@@ -107,10 +108,10 @@ def test_parity_data_with_foreign_classes_is_refused(ckpt: Path, digits_folder) 
 
 # -- INT8 ---------------------------------------------------------------------------------------------------------
 
-def test_int8_is_smaller_and_reports_its_drop(ckpt: Path) -> None:
-    fp32 = pigeon.export(ckpt, check=False, verbose=False)
-    int8 = pigeon.export(ckpt, int8=True, calib_images=64, int8_max_drop=0.05, verbose=False)
-    assert int8.path == ckpt.with_name("best_int8.onnx") and fp32.path == ckpt.with_name("best.onnx")
+def test_int8_is_smaller_and_reports_its_drop(digits_weights: Path, digits_exports: dict[str, ExportResult]) -> None:
+    fp32, int8 = digits_exports["onnx"], digits_exports["onnx-int8"]  # int8: calib_images 64, int8_max_drop 0.05
+    assert int8.path == digits_weights.with_name("best_int8.onnx")
+    assert fp32.path == digits_weights.with_name("best.onnx")
     assert int8.path.stat().st_size < 0.6 * fp32.path.stat().st_size
     contract = read_contract(int8.path)
     assert contract["precision"] == "int8" and read_contract(fp32.path)["precision"] == "fp32"
@@ -142,10 +143,12 @@ def _int8_weight_peak(path: Path) -> int:
     return max(peaks)
 
 
-def test_default_int8_cannot_saturate_on_a_cpu_without_vnni(ckpt: Path, tmp_path: Path) -> None:
+def test_default_int8_cannot_saturate_on_a_cpu_without_vnni(ckpt: Path, tmp_path: Path,
+                                                            digits_exports: dict[str, ExportResult]) -> None:
     """Without VNNI, onnxruntime's U8S8 kernel adds two uint8 x int8 products in a signed 16-bit register:
     7-bit weights keep the worst pair, 2 x 255 x 64 = 32,640, under 32,768 wherever the file runs."""
-    default = pigeon.export(ckpt, int8=True, calib_images=32, check_images=64, int8_max_drop=0.2, verbose=False)
+    default = digits_exports["onnx-int8"]  # the session's INT8 export, with the default scheme
+    assert "int8_scheme" not in FORMATS["onnx-int8"]
     q = default.contract["quantization"]
     assert q["scheme"] == "u8s8-7bit" and q["reduce_range"] and q["saturation_free_without_vnni"]
     assert read_contract(default.path)["quantization"] == q
@@ -174,14 +177,16 @@ def test_failed_export_leaves_nothing(ckpt: Path, fmt: str, disagreeing: None) -
     assert snapshot(ckpt.parent) == before  # no export, no contract beside it, no temporary folder
 
 
-def test_failed_reexport_keeps_the_good_onnx(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    good = pigeon.export(ckpt, check_images=50, verbose=False)
+def test_failed_reexport_keeps_the_good_onnx(ckpt: Path, monkeypatch: pytest.MonkeyPatch,
+                                             digits_exports: dict[str, ExportResult]) -> None:
+    good = ckpt.with_name("best.onnx")  # a good export of these weights (the session's), already in place
+    shutil.copy2(digits_exports["onnx"].path, good)
     before = snapshot(ckpt.parent)
     make_disagree(monkeypatch)
     with pytest.raises(ExportError):
         pigeon.export(ckpt, check_images=50, verbose=False)
     assert snapshot(ckpt.parent) == before
-    assert pigeon.load(good.path).meta["contract"]["parity"]["images"] == 50  # still loads, still the old one
+    assert pigeon.load(good).meta["contract"]["parity"]["images"] == CHECK_IMAGES  # still loads, still the old one
 
 
 def test_openvino_folder_is_replaced_whole_or_not_at_all(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:

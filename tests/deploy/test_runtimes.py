@@ -8,12 +8,12 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from digits_exports import CHECK_IMAGES, FORMATS
 
 import pigeon
 from pigeon.deploy import ExportResult, load_runtime, read_contract
@@ -21,33 +21,19 @@ from pigeon.engine.checkpoint import read
 from pigeon.engine.predict import Classifier
 from pigeon.errors import CheckpointError, ConfigError
 
-# name -> export options; every export is written at its default path beside the checkpoint but one
-FORMATS: dict[str, dict[str, Any]] = {
-    "onnx": {"format": "onnx"},
-    "onnx-int8": {"format": "onnx", "int8": True, "calib_images": 64, "int8_max_drop": 0.05},
-    "onnx-dynamic": {"format": "onnx", "dynamic_batch": True},
-    "torchscript": {"format": "torchscript"},
-    "openvino": {"format": "openvino"},
-}
 FP32 = ["onnx", "onnx-dynamic", "torchscript", "openvino"]
 
 
-@pytest.fixture(scope="module")
-def weights(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the shared digits checkpoint, in a folder of its own."""
-    folder = tmp_path_factory.mktemp("runtimes") / "weights"
-    folder.mkdir()
-    for name in ("best.safetensors", "best.meta.json"):
-        shutil.copy2(digits_run / "weights" / name, folder / name)
-    return folder / "best.safetensors"
+@pytest.fixture
+def weights(digits_weights: Path) -> Path:
+    """The shared digits checkpoint the session's exports were made from, alone with them in its folder."""
+    return digits_weights
 
 
-@pytest.fixture(scope="module")
-def exports(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportResult]:
-    cache = str(tmp_path_factory.mktemp("runtimes-cache"))  # module scope: PIGEON_CACHE_DIR is not isolated yet
-    out = {"onnx-dynamic": str(weights.with_name("dynamic.onnx"))}
-    return {name: pigeon.export(weights, check_images=200, cache_dir=cache, out=out.get(name), verbose=False,
-                                **options) for name, options in FORMATS.items()}
+@pytest.fixture
+def exports(digits_exports: dict[str, ExportResult]) -> dict[str, ExportResult]:
+    """Every format of FORMATS, exported once per session (tests/conftest.py), each checked on CHECK_IMAGES."""
+    return digits_exports
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def test_contract_round_trip(name: str, weights: Path, exports: dict[str, Export
     dynamic = name in ("onnx-int8", "onnx-dynamic")
     assert contract["input"]["shape"] == ["batch" if dynamic else 1, 1, 8, 8]
     parity = result.parity
-    assert parity is not None and parity["images"] == 200
+    assert parity is not None and parity["images"] == CHECK_IMAGES
     assert parity["top1_agreement"] >= (0.95 if name == "onnx-int8" else 0.995)
     clf = pigeon.load(result.path)
     assert clf.meta["contract"] == contract and clf.classes == tuple(meta["classes"])

@@ -157,12 +157,11 @@ def test_requests_that_arrive_together_run_as_one_batch(make_client: Any, checkp
     assert "pigeon_queue_depth 0.0" in metrics
 
 
-def test_an_onnx_export_is_served_too(make_client: Any, checkpoint: Path, tmp_path: Path,
+def test_an_onnx_export_is_served_too(make_client: Any, digits_exports: dict[str, Any],
                                       digit_pngs: list[tuple[int, bytes]]) -> None:
     import pigeon
 
-    onnx = pigeon.export(str(checkpoint), format="onnx", out=str(tmp_path / "model.onnx"), check=False,
-                         verbose=False).path
+    onnx = digits_exports["onnx"].path  # the session's export of the shared checkpoint
     client = make_client(model=str(onnx))
     _wait_ready(client)
     assert client.get("/api/v1/models").json()[0]["format"] == "onnx"
