@@ -25,7 +25,7 @@ from pigeon.engine import checkpoint
 from pigeon.engine import train as train_mod
 from pigeon.errors import CheckpointError, ConfigError
 
-RUN = {"epochs": 5, "batch": 128, "deterministic": True, "plots": False, "verbose": False}
+RUN = {"epochs": 4, "batch": 128, "deterministic": True, "plots": False, "verbose": False}
 STEPS_PER_EPOCH = 9  # digits: 1,212 training images after the 10% validation split, batch 128
 
 # The child process trains and, at a chosen step, announces it is mid-epoch and waits to be killed.
@@ -100,8 +100,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(uninterrupted
     assert not [p for p in run_dir.rglob(".*.tmp")]
 
     result = pigeon.train(resume=str(run_dir), verbose=False)
-    assert result.run_dir == run_dir and result.epochs == 5
-    assert _epochs_in_csv(run_dir) == [1, 2, 3, 4, 5]  # none missing, none twice
+    assert result.run_dir == run_dir and result.epochs == 4
+    assert _epochs_in_csv(run_dir) == [1, 2, 3, 4]  # none missing, none twice
     _assert_same_weights(run_dir / "weights" / "last.safetensors", uninterrupted / "weights" / "last.safetensors")
     _assert_same_weights(run_dir / "weights" / "best.safetensors", uninterrupted / "weights" / "best.safetensors")
 
@@ -112,7 +112,7 @@ def test_ctrl_c_keeps_the_interrupted_epoch_and_resume_is_exact(uninterrupted: P
 
     def step(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls[0] += 1
-        if calls[0] == 3 * STEPS_PER_EPOCH + 5:
+        if calls[0] == 3 * STEPS_PER_EPOCH + 5:  # in the last epoch, 4
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
@@ -127,7 +127,7 @@ def test_ctrl_c_keeps_the_interrupted_epoch_and_resume_is_exact(uninterrupted: P
 
     monkeypatch.setattr(train_mod, "train_step", real_step)
     pigeon.train(resume=str(run_dir), verbose=False)
-    assert _epochs_in_csv(run_dir) == [1, 2, 3, 4, 5]
+    assert _epochs_in_csv(run_dir) == [1, 2, 3, 4]
     _assert_same_weights(run_dir / "weights" / "last.safetensors", uninterrupted / "weights" / "last.safetensors")
 
 
@@ -136,7 +136,7 @@ def test_time_budget_shortens_the_plan_and_stops_cleanly(tmp_path: Path, cache_d
     result = pigeon.train("digits", project=str(tmp_path), name="run", cache_dir=str(cache_dir),
                           **{**RUN, "verbose": True}, time=1e-7)  # 0.36 ms: one epoch is all that fits
     assert result.epochs == 1 and _epochs_in_csv(result.run_dir) == [1]
-    assert "time budget 1e-07 h: 1 of 5 planned epochs fit" in capsys.readouterr().out
+    assert "time budget 1e-07 h: 1 of 4 planned epochs fit" in capsys.readouterr().out
     state = torch.load(result.run_dir / "weights" / "last.state.pt", weights_only=True)
     assert state["planned_epochs"] == 1
     assert checkpoint.load_model(result.best)[1]["epoch"] == 1
@@ -231,7 +231,7 @@ def test_cli_resume_needs_no_data(uninterrupted: Path, capsys: pytest.CaptureFix
 # The child for user-style runs: options exactly as given, on any data; killed from outside at a chosen step.
 USER_CHILD = CHILD.replace('pigeon.train("digits", project=project, name="run", **options)',
                            'pigeon.train(options.pop("data"), project=project, name="run", **options)')
-QUIET = {"epochs": 3, "plots": False, "verbose": False}  # neither changes what is trained
+QUIET = {"epochs": 2, "plots": False, "verbose": False}  # neither changes what is trained; killed in epoch 2
 
 
 @pytest.fixture
@@ -277,7 +277,7 @@ def test_a_default_options_run_killed_mid_run_resumes_exactly(source: str, digit
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--no-verbose", "--no-plots"]) == 0  # as a user types it
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
-    assert _epochs_in_csv(run_dir) == [1, 2, 3]
+    assert _epochs_in_csv(run_dir) == [1, 2]
     _assert_same_weights(run_dir / "weights" / "last.safetensors", reference.last)
     _assert_same_weights(run_dir / "weights" / "best.safetensors", reference.best)
 
