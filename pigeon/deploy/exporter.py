@@ -198,10 +198,41 @@ def _quiet() -> Any:
         root.setLevel(level)
 
 
+_ONNX_REGISTRIES: dict[Any, Any] = {}
+
+
+@contextlib.contextmanager
+def _reused_onnx_registry() -> Any:
+    """torch.onnx rebuilds its table of ATen -> ONNX translations (onnxscript's torchlib) on every export, about 1 s
+    of the 2.4 s a small CNN takes here. pigeon never adds custom translations, so one table per opset serves every
+    export of a process. It is private API: where it has moved, each export simply builds its own."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        raw, build = cls.__dict__["from_torchlib"], cls.from_torchlib
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(a for a in args if not isinstance(a, cls))  # called on the class and on an instance
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in _ONNX_REGISTRIES:
+            _ONNX_REGISTRIES[key] = build(*args, **kwargs)
+        return _ONNX_REGISTRIES[key]
+
+    cls.from_torchlib = staticmethod(cached)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = raw
+
+
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
     dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
     try:
-        with _quiet():
+        with _quiet(), _reused_onnx_registry():
             torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes)
     except Exception as err:  # noqa: BLE001 - the exporter's failures are many types; all mean "cannot export"

@@ -360,3 +360,17 @@ def test_a_16_bit_four_band_model_exports_with_its_bands_and_scale(raster_folder
     np.testing.assert_allclose(np.stack([p.probs for p in pigeon.load(result.path).predict(files)]),
                                np.stack([p.probs for p in pigeon.load(run.best, device="cpu").predict(files)]),
                                atol=1e-4)
+
+
+def test_exports_in_one_process_share_one_translation_table_and_write_the_same_bytes(tmp_path: Path) -> None:
+    from torch.onnx._internal.exporter import _registration
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    example = torch.zeros(1, 1, 4, 4)
+    exporter._write_onnx(model, example, tmp_path / "a.onnx", 18, dynamic=False)
+    tables = dict(exporter._ONNX_REGISTRIES)
+    exporter._write_onnx(model, example, tmp_path / "b.onnx", 18, dynamic=False)
+    assert tables and exporter._ONNX_REGISTRIES == tables  # built once, then reused
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    # torch's own method is back in place for anyone else who exports in this process
+    assert isinstance(_registration.ONNXRegistry.__dict__["from_torchlib"], classmethod)
