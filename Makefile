@@ -45,7 +45,7 @@ demo: install data
 test: install data tools browser
 	$(BIN)/python -m pytest -q
 
-# The benchmark scripts' smoke runs (about a minute), kept out of `make test` to hold it under 5 minutes.
+# The benchmark scripts' smoke runs (about 2 minutes), kept out of `make test` to hold it under 5 minutes.
 test-slow: install data
 	$(BIN)/python -m pytest -q -m slow
 

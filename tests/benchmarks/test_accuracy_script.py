@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
 
 
+# A benchmark's smoke run: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_accuracy_benchmark_quick_mode_reports_a_real_accuracy() -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, check=True,
                          timeout=300).stdout

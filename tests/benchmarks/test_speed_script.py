@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -15,6 +17,8 @@ def _run(script: str) -> str:
                           check=True, timeout=300).stdout
 
 
+# A benchmark's smoke run: `make test-slow` runs these; the default suite stays under 5 minutes.
+@pytest.mark.slow
 def test_speed_quick_mode_reports_accuracy_and_time() -> None:
     match = re.search(r"pigeon seed 0: ([\d.]+)% in ([\d.]+)s", _run("speed.py"))
     assert match
