@@ -134,3 +134,33 @@ def test_tune_scores_a_multi_label_study_on_val_map(run: Any, tmp_path: Path) ->
     trial = json.loads((result.dir / "trials" / "trial-000" / "summary.json").read_text())
     assert result.best_value == pytest.approx(trial["val"]["map"])
     assert result.dir.name == labels.parent.name  # the CSV's folder names the study, as it names a run
+
+
+def test_an_interrupted_multi_label_run_with_mixup_resumes_exactly(run: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pigeon.engine import checkpoint
+    from pigeon.engine import train as train_mod
+
+    _, labels, base = run
+    options = {"epochs": 3, "batch": 64, "mixup": 0.4, "verbose": False, "plots": False,
+               "cache_dir": str(base / "cache")}
+    whole = pigeon.train(data=str(labels), project=str(tmp_path), name="whole", **options)
+    real_step, calls = train_mod.train_step, [0]
+
+    def step(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        y, multilabel = args[2], args[10]  # train_step's targets and its multilabel flag
+        assert multilabel is True and y.ndim == 2 and y.dtype == torch.float32  # multi-hot rows, mixed
+        if calls[0] == 500 // 64 + 3:  # inside epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        pigeon.train(data=str(labels), project=str(tmp_path), name="cut", **options)
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    resumed = pigeon.train(resume=str(tmp_path / "cut"), verbose=False)
+    a, meta_a = checkpoint.read(whole.best)
+    b, meta_b = checkpoint.read(resumed.best)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta_a["thresholds"] == meta_b["thresholds"] and resumed.test["map"] == whole.test["map"]
