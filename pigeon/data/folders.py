@@ -149,6 +149,22 @@ def raster_kind(files: dict[str, list[tuple[Path, int]]]) -> tuple[Probe | None,
     return Probe(found[0][0].bands, dtype), str(found[0][1])
 
 
+THREADED_DECODE_BYTES = 8 * 1024  # median file size from which decoding in threads pays
+
+
+def decode_workers(files: dict[str, list[tuple[Path, int]]], sample: int = 256) -> int:
+    """Threads to decode a folder with: PIL frees the GIL while it decodes and resizes, so files of some size
+    decode faster on every core; a small file is mostly Python around the codec, which holds the GIL, so threads
+    only contend for it and make the build slower. The size where they start to pay is measured by
+    benchmarks/decode.py."""
+    items = [path for split in files.values() for path, _ in split]
+    picked = items[:: max(1, len(items) // sample)][:sample]
+    sizes = sorted(_stat(path)[0] for path in picked)
+    if not sizes or sizes[len(sizes) // 2] < THREADED_DECODE_BYTES:
+        return 1
+    return min(8, os.cpu_count() or 1)
+
+
 def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgsz: Size,
            channels: int | None, resize: str, verbose: bool,
            kind: Probe | None = None) -> tuple[list[str], dict[str, Any]]:
@@ -159,7 +175,8 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
     meta: dict[str, Any] = {"skipped": [], "paths": {}, "all_gray": True}
     total = sum(len(v) for v in files.values())
     bar = progress(total=total, desc="decoding images (once; cached)", unit="img", enabled=verbose)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
+    workers = decode_workers(files)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for split, items in files.items():
             out = np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", mode="w+",
                                             dtype=DTYPES[kind.dtype] if kind else np.uint8,
@@ -172,7 +189,8 @@ def _build(tmp: Path, root: Path, files: dict[str, list[tuple[Path, int]]], imgs
                     return _decode_raster(it[0], imgsz, kind, resize)
                 return _decode(it[0], imgsz, channels or 3, resize)
 
-            for (path, label), (arr, gray, why) in zip(items, pool.map(decode, items, chunksize=16)):
+            decoded = pool.map(decode, items) if workers > 1 else map(decode, items)
+            for (path, label), (arr, gray, why) in zip(items, decoded):
                 bar.update(1)
                 relative = str(path.relative_to(root))
                 if arr is None:
