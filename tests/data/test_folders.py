@@ -370,3 +370,13 @@ def test_loading_writes_nothing_into_the_dataset(digits_folder, cache_dir: Path)
     assert _tree(root) == before
     assert {p: os.stat(root / p).st_mtime_ns for p in before} == mtimes
     assert any(cache_dir.iterdir())  # the cache went where it was told
+
+
+def test_small_files_decode_in_one_thread_and_large_ones_in_threads(tmp_path: Path) -> None:
+    from pigeon.data.folders import THREADED_DECODE_BYTES, decode_workers
+
+    small, large = tmp_path / "small.png", tmp_path / "large.jpg"
+    small.write_bytes(b"x" * 300)
+    large.write_bytes(b"x" * THREADED_DECODE_BYTES)
+    assert decode_workers({"train": [(small, 0)] * 9 + [(large, 1)]}) == 1  # the median decides, not one file
+    assert decode_workers({"train": [(large, 0)] * 9 + [(small, 1)]}) == min(8, os.cpu_count() or 1)
