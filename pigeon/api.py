@@ -12,7 +12,7 @@ from pigeon.config import AuditConfig, BenchConfig, ExportConfig, PredictConfig,
 from pigeon.engine.predict import Classifier, Prediction
 from pigeon.engine.train import TrainResult, make_run_dir
 from pigeon.engine.train import train as _train
-from pigeon.errors import CheckpointError, ConfigError, DatasetError
+from pigeon.errors import CheckpointError, DatasetError
 
 if TYPE_CHECKING:
     from pigeon.audits import AuditResult
@@ -166,7 +166,7 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
         raise DatasetError(f"{data}: classes {unknown} are not among the model's classes "
                            f"{list(clf.classes)}; validate on data with the classes the model was trained on")
     part = ds.splits[split]
-    build(PredictConfig, min_conf=min_conf)  # the same check, and message, as predict's
+    clf.check_min_conf(min_conf)  # the same checks, and messages, as predict's
     logits = logits_for(clf.model, part.images, spec, clf.device, batch=batch, amp=clf.amp,
                         channels_last=clf.channels_last)
     # An export's graph divides by the temperature already: undo it, so the report shows the same before and
@@ -175,9 +175,6 @@ def val(model: str | os.PathLike[str] | Classifier, data: str, split: str | None
     # The dataset's labels in the model's class order, matched by name: folder order need not match.
     labels = to_model_labels(np.asarray(part.labels), ds.classes, list(clf.classes))
     if multilabel:
-        if min_conf is not None:
-            raise ConfigError("min_conf is for single-label models; a multi-label model answers each class at its "
-                              "own threshold")
         report = report_for(logits, labels, list(clf.classes), thresholds=list(clf.thresholds))
     else:
         report = report_for(logits, labels, list(clf.classes), clf.fitted_temperature, min_conf)

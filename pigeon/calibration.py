@@ -180,6 +180,11 @@ def thresholds_of(meta: dict[str, Any]) -> list[float]:
     return [float(v) for v in values] if values else [0.5] * len(meta["classes"])
 
 
+def present_classes(probs: np.ndarray, thresholds: np.ndarray) -> list[int]:
+    """A multi-label answer: the classes at or above their thresholds, most probable first (ties in class order)."""
+    return [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= thresholds[i]]
+
+
 def temperature_of(meta: dict[str, Any]) -> float:
     """The temperature to divide a model's logits by before the softmax: the checkpoint's fitted one, or 1.
 

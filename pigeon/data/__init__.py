@@ -64,8 +64,8 @@ def _load_multilabel(path: Path, task: str, *, imgsz: Size | None, channels: int
     if imgsz is None:
         imgsz, note = folder_imgsz(path, resize, files=listed[1])
         notes.append(note)
-    return load_multilabel(path, imgsz=imgsz, channels=channels, resize=resize, cache_dir=cache_dir,
-                           verbose=verbose, listed=listed, notes=tuple(notes))  # type: ignore[arg-type]
+    return load_multilabel(path, listed, imgsz=imgsz, channels=channels, resize=resize,  # type: ignore[arg-type]
+                           cache_dir=cache_dir, verbose=verbose, notes=tuple(notes))
 
 
 def folder_imgsz(root: Path, resize: str = "crop", cap: int = DEFAULT_FOLDER_IMGSZ,

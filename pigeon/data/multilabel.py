@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from pigeon.config import Size
 from pigeon.data import cache
 from pigeon.data.dataset import Dataset, Split, channel_stats
-from pigeon.data.folders import SPLITS, decode_files, scan
+from pigeon.data.folders import SPLITS, _stat, decode_files, scan
 from pigeon.data.preprocess import FILE_EXTENSIONS, Preprocess
 from pigeon.errors import DatasetError
 
@@ -103,10 +103,8 @@ def group_folder(root: Path) -> tuple[tuple[str, ...], Files, Targets, list[tupl
     targets: Targets = {}
     copies = shared = 0
     for split, items in listed.items():
-        sizes: dict[int, int] = defaultdict(int)
-        stat = {path: _size(path) for path, _ in items}
-        for size in stat.values():
-            sizes[size] += 1
+        stat = {path: _stat(path)[0] for path, _ in items}
+        sizes = Counter(stat.values())
         groups: dict[object, tuple[Path, set[int]]] = {}
         for path, label in items:
             size = stat[path]
@@ -123,14 +121,13 @@ def group_folder(root: Path) -> tuple[tuple[str, ...], Files, Targets, list[tupl
     return classes, files, targets, skipped, note
 
 
-def load_multilabel(source: Path, *, imgsz: Size, channels: int | None, resize: str, cache_dir: str | None,
-                    verbose: bool = True, listed: tuple[tuple[str, ...], Files, Targets, list[tuple[str, str]]]
-                    | None = None, notes: tuple[str, ...] = ()) -> Dataset:
-    """A labels CSV or a grouped folder -> a multi-label Dataset. `listed`: its read_labels_csv/group_folder
-    result, when the caller has it (`source` is then the CSV file or the folder it came from)."""
+def load_multilabel(source: Path, listed: tuple[tuple[str, ...], Files, Targets, list[tuple[str, str]]], *,
+                    imgsz: Size, channels: int | None, resize: str, cache_dir: str | None, verbose: bool = True,
+                    notes: tuple[str, ...] = ()) -> Dataset:
+    """A labels CSV or a class-folder tree -> a multi-label Dataset, from its read_labels_csv or group_folder
+    listing (classes, files, targets, skipped)."""
     root = source.parent if source.is_file() else source
-    classes, files, targets, skipped = listed or (read_labels_csv(source) if source.is_file()
-                                                  else group_folder(source)[:4])
+    classes, files, targets, skipped = listed
     digest = hashlib.sha256(b"".join(targets[s].tobytes() for s in files)).hexdigest()
     arrays, meta, entry, data_key = decode_files(root, classes, files, imgsz=imgsz, channels=channels,
                                                  resize=resize, cache_dir=cache_dir, verbose=verbose,
@@ -160,13 +157,6 @@ def _multi_hot(rows: list[list[int]], num_classes: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, row] = 1
     return out
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
 
 
 def _digest(path: Path) -> str:

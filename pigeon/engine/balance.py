@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pigeon.errors import ConfigError
+
 AUTO_RATIO = 3.0
 
 
@@ -27,14 +29,20 @@ def imbalance_ratio(counts: np.ndarray) -> float:
     return float(present.max() / present.min()) if present.size else 1.0
 
 
-def resolve(mode: str, counts: np.ndarray) -> str:
-    """`auto` becomes `sampler` on imbalanced counts and `none` otherwise; the others stay.
+def resolve(mode: str, counts: np.ndarray, multilabel: bool = False) -> str:
+    """`auto` becomes `sampler` on imbalanced counts and `none` otherwise; the others stay. For a multi-label run
+    `auto` is `none` (describe() suggests `weights`) and `sampler` is refused: it balances one label per image.
 
     Sampling, not weighting: on Fashion-MNIST made long-tailed 100:1 (benchmarks/imbalance.py, 2 seeds) balanced
     draws lifted balanced accuracy from 84.5% to 88.9%, while a weighted loss lowered it to 79.7%.
     """
+    if multilabel and mode == "sampler":
+        raise ConfigError("balance=sampler draws each class equally often, which has no meaning when an image has "
+                          "several classes; use --balance weights (each class's positives weigh more) or none")
     if mode != "auto":
         return mode
+    if multilabel:
+        return "none"
     return "sampler" if imbalance_ratio(counts) >= AUTO_RATIO else "none"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pigeon.calibration import UNKNOWN, temperature_of, thresholds_of
+from pigeon.calibration import UNKNOWN, present_classes, temperature_of, thresholds_of
 from pigeon.config import PredictConfig, build
 from pigeon.data.preprocess import FILE_EXTENSIONS, Preprocess, array_to_uint8, image_to_array, open_image
 from pigeon.data.rasters import probe, read_raster, resize_raster, to_dtype
@@ -53,8 +53,7 @@ class Prediction:
             return []
         if self.thresholds is None:
             return [] if self.abstained else [self.classes[self.top1]]  # type: ignore[index]
-        order = np.argsort(-self.probs, kind="stable")
-        return [self.classes[i] for i in order if self.probs[i] >= self.thresholds[i]]
+        return [self.classes[i] for i in present_classes(self.probs, self.thresholds)]
 
     @property
     def ok(self) -> bool:
@@ -228,10 +227,7 @@ class Classifier:
 
     def iter_predict(self, items: list[tuple[str, Any]], top_k: int, batch: int,
                      min_conf: float | None = None) -> Iterator[Prediction]:
-        build(PredictConfig, min_conf=min_conf)  # the check, and the message, of pigeon.predict's options
-        if min_conf is not None and self.thresholds is not None:
-            raise ConfigError("min_conf is for single-label models; a multi-label model answers each class at its "
-                              "own threshold (fitted on val), and an image with no class above it gets no label")
+        self.check_min_conf(min_conf)
         top_k = max(1, min(top_k, len(self.classes)))
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
@@ -249,6 +245,13 @@ class Classifier:
             for (name, _), arr, err in zip(chunk, arrays, errors):
                 yield Prediction(name, self.classes, next(probs) if arr is not None else None, top_k, err, min_conf,
                                  self.thresholds)
+
+    def check_min_conf(self, min_conf: float | None) -> None:
+        """Refuse a `min_conf` this model cannot honour, with pigeon.predict's message (predict and val share it)."""
+        build(PredictConfig, min_conf=min_conf)
+        if min_conf is not None and self.thresholds is not None:
+            raise ConfigError("min_conf is for single-label models; a multi-label model answers each class at its "
+                              "own threshold (fitted on val), and an image with no class above it gets no label")
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, C, H, W] already preprocessed -> calibrated probabilities [N, K]: a softmax, or one sigmoid

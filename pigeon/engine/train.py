@@ -72,9 +72,6 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
     counts = balance.class_counts(ds.splits["train"].labels, len(ds.classes))
     total_steps = n_train // min(cfg.batch, n_train) * cfg.epochs
     multilabel = ds.task == "multilabel"
-    if multilabel and cfg.balance == "sampler":
-        raise ConfigError("balance=sampler draws each class equally often, which has no meaning when an image has "
-                          "several classes; use --balance weights (each class's positives weigh more) or none")
     if not multilabel and cfg.select == "map":
         raise ConfigError("select=map (mean average precision) is for multi-label runs; choose top1, macro_f1 or "
                           "loss for a single-label one")
@@ -83,8 +80,7 @@ def resolve(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TrainConfig:
         select="map" if multilabel and cfg.select == "top1" else cfg.select,
         ema_decay=cfg.ema_decay if cfg.ema_decay is not None else ema_decay_for(total_steps),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (5e-4 if cfg.optimizer == "sgd" else 0.05),
-        balance=(("none" if cfg.balance == "auto" else cfg.balance) if multilabel
-                 else balance.resolve(cfg.balance, counts)),
+        balance=balance.resolve(cfg.balance, counts, multilabel),
         fliplr=ds.fliplr if cfg.fliplr is None else cfg.fliplr,
         translate=cfg.translate if cfg.translate is not None else max(1, min(spec.hw) // 10),
         resized_crop=cfg.resized_crop if cfg.resized_crop is not None else min(spec.hw) >= 64,
@@ -497,11 +493,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         results[name] = rep = report_for(logits, split.labels, classes, temperature,
                                          thresholds=thresholds["values"] if thresholds else None)
         if name == eval_name and cfg.plots:
-            if multilabel:
-                from pigeon import plots
-                plots.plot_curves(rows, run_dir / "curves.png", split=eval_name)
-            else:
-                _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
+            _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
     if calibration and results["test"] is not None:
         test_cal = results["test"]["calibration"]
         say(f"on test: ECE {test_cal['ece_uncalibrated']:.2%} -> {test_cal['ece']:.2%}, NLL "
@@ -696,6 +688,8 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], report: dict[str, Any], sp
     from pigeon.engine.saliency import misclassified_overlays
 
     plots.plot_curves(rows, run_dir / "curves.png", split=split_name)
+    if report.get("task") == "multilabel":
+        return  # no confusion matrix, softmax calibration or one predicted class per image to draw
     plots.plot_confusion(np.asarray(report["confusion"]), classes, run_dir / "confusion_matrix.png")
     if "calibration" in report:
         plots.plot_calibration(report["calibration"], run_dir / "calibration.png", split_name)

@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pigeon._version import __version__
-from pigeon.calibration import UNKNOWN
+from pigeon.calibration import UNKNOWN, present_classes
 from pigeon.config import ServeConfig, TrainConfig, build
 from pigeon.errors import ConfigError, PigeonError
 from pigeon.serve import archives, datasets, jobs, plan, runs, security
@@ -393,7 +393,7 @@ def _core_routes(api: APIRouter, ctx: ServeContext) -> None:
                     "ms": {"decode": round(d_ms, 3), "inference": round(inference_ms, 3),
                            "total": round(d_ms + inference_ms, 3)}}
             if thresholds is not None:
-                present = [int(i) for i in np.argsort(-p) if p[i] >= thresholds[i]]
+                present = present_classes(p, thresholds)
                 item.update(label=";".join(classes[i] for i in present), labels=[
                     {"label": classes[i], "class_index": i, "score": float(p[i]), "threshold": float(thresholds[i])}
                     for i in present])
