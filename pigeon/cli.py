@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -84,7 +85,8 @@ TRAIN_HELP = {
     "resume": "continue the run in this folder (runs/train/<name>) from its last finished epoch, exactly",
     "seed": "random seed: the same seed gives the same run on the CPU",
     "deterministic": "use only deterministic algorithms (slower on GPU)",
-    "device": "auto, cpu, cuda, cuda:N or mps",
+    "device": "auto, cpu, cuda, cuda:N or mps; 0,1,2,3 trains on those GPUs, one process each, through torchrun",
+    "sync_bn": "under torchrun: BatchNorm statistics over the global batch, not each process's share of it",
     "threads": "CPU threads for PyTorch (default: PyTorch's choice)",
     "cache_dir": "where decoded images are cached (default $PIGEON_CACHE_DIR or ~/.cache/pigeon)",
     "project": "parent folder of run folders",
@@ -490,9 +492,11 @@ def run(args: argparse.Namespace) -> int:
         result = pigeon.train(config=args.config, **options)
         head = result.headline
         figure = "map" if result.config.task == "multilabel" else "top1"
-        print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best),
-                          f"test_{figure}": result.test and result.test[figure],
-                          f"val_{figure}": result.val and result.val[figure], "seconds": round(result.seconds, 1)}))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per process
+            print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best),
+                              f"test_{figure}": result.test and result.test[figure],
+                              f"val_{figure}": result.val and result.val[figure],
+                              "seconds": round(result.seconds, 1)}))
         return 0 if head is None or head["n"] > 0 else 1
     if args.verb == "val":
         pigeon.val(args.model, args.data, split=args.split, batch=args.batch, device=args.device,
@@ -533,6 +537,30 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.verb)
 
 
+def distributed_gpus(args: argparse.Namespace) -> list[int] | None:
+    """`pigeon train --device 0,1` outside torchrun: the GPUs to start one process each on."""
+    if args.verb != "train" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    from pigeon.engine.distributed import device_list
+
+    return device_list(str(args.device))
+
+
+def _with_device(argv: list[str], device: str) -> list[str]:
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--device":
+            out += ["--device", device]
+            skip = i + 1 < len(argv)
+        elif arg.startswith("--device="):
+            out.append(f"--device={device}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -545,6 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.verb:
             parser.print_help()
             return 2
+        gpus = distributed_gpus(args)
+        if gpus:
+            from pigeon.engine.distributed import launch
+
+            return launch(_with_device(list(sys.argv[1:] if argv is None else argv), "cuda"), len(gpus), gpus)
         return run(args)
     except PigeonError as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)

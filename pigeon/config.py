@@ -158,7 +158,8 @@ class TrainConfig:
     resume: str | None = None
     seed: int = 0
     deterministic: bool = False
-    device: str = "auto"
+    device: str = "auto"  # under torchrun each rank takes cuda:LOCAL_RANK (or the CPU)
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
     threads: int | None = None
     cache_dir: str | None = None
     project: str = "runs/train"

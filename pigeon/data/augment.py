@@ -171,23 +171,43 @@ class Augment:
         object.__setattr__(self, "crop_scale", scale)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        n, _, h, w = x.shape
-        dev = x.device
-        # Draw everything before computing anything, so the random stream depends only on the config and N.
-        crop = self.resized_crop
-        boxes = resized_crop_params(n, self.crop_scale, generator=generator, device=dev) if crop else None
-        shifts = translate_params(n, self.translate, generator, dev) if self.translate else None
-        mask = flip_params(n, self.flip, generator, dev) if self.flip else None
-        holes = erase_params(n, self.erase, h=h, w=w, generator=generator, device=dev) if self.erase else None
-        if boxes is not None:
-            x = resized_crop(x, boxes)
-        if shifts is not None:
-            x = translate(x, shifts)
-        if mask is not None:
-            x = flip_lr(x, mask)
-        if holes is not None:
-            x = erase(x, holes)
+        return self.apply(x, self.draw(len(x), x.shape[-2], x.shape[-1], generator, x.device))
+
+    def draw(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device | str) -> Drawn:
+        """Every random number for a batch of n, before any arithmetic, so that the random stream depends only
+        on the config and n. Data-parallel ranks draw for the whole global batch and each applies its slice:
+        the images come out as one process would have made them."""
+        return Drawn(
+            boxes=resized_crop_params(n, self.crop_scale, generator=generator, device=device)
+            if self.resized_crop else None,
+            shifts=translate_params(n, self.translate, generator, device) if self.translate else None,
+            mask=flip_params(n, self.flip, generator, device) if self.flip else None,
+            holes=erase_params(n, self.erase, h=h, w=w, generator=generator, device=device) if self.erase else None,
+        )
+
+    def apply(self, x: Tensor, drawn: Drawn) -> Tensor:
+        if drawn.boxes is not None:
+            x = resized_crop(x, drawn.boxes)
+        if drawn.shifts is not None:
+            x = translate(x, drawn.shifts)
+        if drawn.mask is not None:
+            x = flip_lr(x, drawn.mask)
+        if drawn.holes is not None:
+            x = erase(x, drawn.holes)
         return x
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One batch's augmentation parameters, each [N, ...] or None when its op is off."""
+
+    boxes: Tensor | None = None
+    shifts: Tensor | None = None
+    mask: Tensor | None = None
+    holes: Tensor | None = None
+
+    def __getitem__(self, rows: slice) -> Drawn:
+        return Drawn(*(None if t is None else t[rows] for t in (self.boxes, self.shifts, self.mask, self.holes)))
 
 
 MIRROR_HINT_RATIO = 0.8  # digits' classes measure 1.14, Fashion-MNIST's 0.44 (benchmarks/defaults.py)

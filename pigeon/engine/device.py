@@ -22,6 +22,10 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if "," in name:
+        raise ConfigError(f"device={name!r} lists several devices: `pigeon train --device {name}` starts one "
+                          "process per GPU through torchrun; from Python, run your script under torchrun "
+                          "(`torchrun --nproc-per-node N script.py`), where each process takes its own GPU")
     try:
         device = torch.device(name)
     except RuntimeError:

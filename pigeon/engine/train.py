@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +26,10 @@ from pigeon.data.augment import MIRROR_HINT_RATIO, Augment, mirror_ratio
 from pigeon.data.mix import mix, mix_params
 from pigeon.data.preprocess import normalize
 from pigeon.data.rasters import for_display  # a raster's picture: its first three bands, in 8 bits
-from pigeon.engine import balance, checkpoint
+from pigeon.engine import balance, checkpoint, distributed
 from pigeon.engine.device import amp_choice, amp_dtype, autocast, select_device
 from pigeon.engine.ema import EMA
-from pigeon.engine.evaluate import evaluate, logits_for, report_for
+from pigeon.engine.evaluate import logits_for, report_for
 from pigeon.engine.pretrained import Weights, fit_weights, read_weights
 from pigeon.engine.recipe import AUTO_MODEL, default_recipe, describe
 from pigeon.engine.schedule import ema_decay_for, lr_at
@@ -247,9 +248,17 @@ def train(cfg: TrainConfig, events: Events | None = None) -> TrainResult:
     and "done" (the summary). Raising StopRun from the "epoch" event ends the run after that epoch.
     """
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    world = distributed.world_from_env()
     try:
         return _train(resume_config(cfg) if cfg.resume else cfg, events or (lambda e: None))
+    except BaseException as err:
+        if world.active:  # every rank says why it stopped, and how to go on
+            print(f"rank {world.rank} of {world.size}: stopped: {type(err).__name__}: {err}. The state after the "
+                  "last whole epoch is kept: continue with `pigeon train --resume <run folder>`, with any number "
+                  "of processes", file=sys.stderr, flush=True)
+        raise
     finally:
+        distributed.stop(world)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
@@ -258,8 +267,11 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     t0 = time.perf_counter()
     if cfg.model != AUTO_MODEL:
         check_model_name(cfg.model)
-    say = print if cfg.verbose else (lambda *a, **k: None)
-    device = select_device(cfg.device)
+    world, rank_device = distributed.start(cfg.device)
+    say = print if cfg.verbose and world.main else (lambda *a, **k: None)
+    if not world.main:
+        emit = lambda event: None  # noqa: E731 - rank 0 reports for all
+    device = rank_device or select_device(cfg.device)
     # Fail before decoding any data. A resumed run has its weights in its state already.
     weights = read_weights(cfg.weights, cfg.model) if cfg.weights and not cfg.resume else None
     apply_recipe(cfg, device, weights)  # refuses model auto with weights that do not name their model
@@ -272,8 +284,12 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
+    if not world.main:
+        distributed.barrier(world)  # rank 0 decodes and caches the folder; the others then read its cache
     ds = load_dataset(cfg.data, imgsz=cfg.imgsz, channels=cfg.channels, resize=cfg.resize,
-                      cache_dir=cfg.cache_dir, verbose=cfg.verbose, task=cfg.task)
+                      cache_dir=cfg.cache_dir, verbose=cfg.verbose and world.main, task=cfg.task)
+    if world.main:
+        distributed.barrier(world)
     multilabel = ds.task == "multilabel"
     ds = with_validation(ds, cfg.val_fraction, cfg.seed)
     cfg, recipe_note = apply_recipe(cfg, device, weights, len(ds.splits["train"]))
@@ -289,17 +305,23 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     spec, classes = ds.preprocess, list(ds.classes)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=spec.channels, imgsz=spec.imgsz)
     transfer = fit_weights(model, weights, classes, cfg.model) if weights is not None else None  # before any file
+    batch = min(cfg.batch, len(ds.splits["train"].labels))
+    distributed.check_batch(world, batch)
     slug = re.sub(r"[^\w.-]+", "_", ds.name)
-    run_dir = Path(cfg.resume) if cfg.resume else make_run_dir(cfg.project, cfg.name or f"{cfg.model}-{slug}",
-                                                               cfg.exist_ok)
-    (run_dir / "weights").mkdir(exist_ok=True)
-    write_json(run_dir / "config.json", cfg.to_dict())
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+    else:  # rank 0 picks the folder (runs/train/name2 when name exists) and tells the others
+        run_dir = Path(distributed.broadcast_text(world, str(make_run_dir(
+            cfg.project, cfg.name or f"{cfg.model}-{slug}", cfg.exist_ok)) if world.main else "", device))
+    if world.main:
+        (run_dir / "weights").mkdir(exist_ok=True)
+        write_json(run_dir / "config.json", cfg.to_dict())
     hint = (_flip_hint(ds, float(cfg.fliplr or 0)) if flip_by_default and not cfg.resume and not multilabel
             else None)
     notes = [recipe_note, *ds.notes, hint, balance_note]
     for note in filter(None, notes):
         say(f"note: {note}")
-    if ds.skipped:
+    if ds.skipped and world.main:
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in ds.skipped))
         say(f"skipped {len(ds.skipped)} file(s) that are not readable images; list in {run_dir / 'skipped.txt'}")
         for p, why in ds.skipped[:5]:
@@ -310,10 +332,15 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     train_split = ds.splits["train"]
     eval_name = "val" if "val" in ds.splits else ("test" if "test" in ds.splits else None)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.sync_bn and world.active:
+        model = distributed.sync_batchnorm(model, device)
     model = model.to(device).to(memory_format=memory_format)
     amp = amp_dtype(device, str(cfg.amp))
     head = head_parameter_names(model) if cfg.weights else None
     opt = make_optimizer(model, cfg, head)
+    # What the steps call: DDP over the model under torchrun (it averages the gradients), the model otherwise.
+    # A frozen backbone leaves parameters without gradients, which DDP must be told to expect.
+    net = distributed.wrap(model, world, device, find_unused=bool(head is not None and cfg.freeze_epochs))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     augment = Augment(flip=float(cfg.fliplr or 0), translate=int(cfg.translate or 0),
                       resized_crop=bool(cfg.resized_crop), erase=cfg.erase)
@@ -327,7 +354,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         class_weight = (balance.positive_weights(counts, len(labels)) if multilabel
                         else balance.loss_weights(counts)).to(device)
     mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
-    batch = min(cfg.batch, len(labels))
+    mine = distributed.part(world, batch)  # this rank's rows of every global batch
     steps_per_epoch = len(labels) // batch  # drop the ragged last batch: fixed shapes, no 1-sample BatchNorm
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
@@ -361,6 +388,12 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         f"{spec.hw[0]}x{spec.hw[1]}x{spec.channels}, {planned} epochs on {device} "
         f"(amp {cfg.amp}, channels_last {cfg.channels_last}) -> {run_dir}")
     say(f"precision: {precision}")
+    if world.active:
+        say(f"data parallel: {world.size} processes ({device.type}), each {batch // world.size} of the global batch "
+            f"of {batch}" + (", BatchNorm statistics over the global batch (sync_bn)" if cfg.sync_bn else
+                             ", BatchNorm statistics per process (--sync-bn shares them)"))
+    elif cfg.sync_bn:
+        say("note: sync_bn shares BatchNorm statistics between processes; a single process has none to share")
     if cfg.mixup or cfg.cutmix:
         kinds = [f"{name} (Beta alpha {alpha:g})" for name, alpha in (("mixup", cfg.mixup), ("CutMix", cfg.cutmix))
                  if alpha]
@@ -382,18 +415,19 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             t_epoch = t_warm = time.perf_counter()
             order = (balance.balanced_order(labels, counts, gen) if cfg.balance == "sampler"
                      else torch.randperm(len(labels), generator=gen)).to(device)
-            bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch", enabled=cfg.verbose,
-                           leave=False)
+            bar = progress(steps_per_epoch, f"epoch {epoch}/{planned}", unit="batch",
+                           enabled=cfg.verbose and world.main, leave=False)
             loss_sum = torch.zeros((), device=device)
             for i in range(steps_per_epoch):
-                idx = order[i * batch:(i + 1) * batch]
-                x, y = normalize(augment(images[idx], gen), mean, std), labels[idx]
+                idx = order[i * batch:(i + 1) * batch][mine]  # this rank's slice of the global batch
+                drawn = augment.draw(batch, images.shape[-2], images.shape[-1], gen, device)[mine]
+                x, y = normalize(augment.apply(images[idx], drawn), mean, std), labels[idx]
                 mixing = mix_params(x.shape[-2], x.shape[-1], cfg.mixup, cfg.cutmix, gen)
                 if mixing is not None:
                     x, y = mix(x, y, len(classes), mixing)  # y: soft targets
                 x = x.contiguous(memory_format=memory_format)
                 lr = lr_at(step, total_steps, warmup, float(cfg.lr or 0), cfg.schedule)
-                loss_sum += train_step(model, x, y, opt, scaler, lr, amp, cfg.label_smoothing, cfg.grad_clip,
+                loss_sum += train_step(net, x, y, opt, scaler, lr, amp, cfg.label_smoothing, cfg.grad_clip,
                                        class_weight, multilabel)
                 if ema is not None:
                     ema.update(model)
@@ -405,7 +439,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                     # Plan from the first steps, not the first epoch: where one epoch takes most of the budget
                     # (fp32 on an AVX2 CPU), the schedule must already know that now, not after it.
                     pace = (time.perf_counter() - t_warm) / (PLAN_AFTER_STEPS - PLAN_WARMUP_STEPS)
-                    planned = _plan_early(planned, steps_per_epoch, pace, t_epoch - t0, cfg.time * 3600, say)
+                    planned = distributed.broadcast_int(world, _plan_early(
+                        planned, steps_per_epoch, pace, t_epoch - t0, cfg.time * 3600, say), device)
                     total_steps = steps_per_epoch * planned
                     warmup = min(total_steps // 2, round(cfg.warmup_epochs * steps_per_epoch))
                     if ema is not None and not cfg.ema_decay:
@@ -421,38 +456,42 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
             train_time = time.perf_counter() - t_epoch
             final_model = ema.module if ema is not None else model
             row: dict[str, Any] = {"epoch": epoch, "lr": round(lr, 6),
-                                   "train_loss": round(float(loss_sum) / max(1, steps_per_epoch), 5)}
+                                   "train_loss": round(distributed.mean_over_ranks(world, loss_sum)
+                                                       / max(1, steps_per_epoch), 5)}
             report = None
             if eval_name is not None:
                 split = ds.splits[eval_name]
-                report, _ = evaluate(final_model, split.images, split.labels, classes, spec, device, **eval_kw)
+                report = _epoch_report(world, final_model, split, classes, spec, device, eval_kw)
                 row.update({f"{eval_name}_{key}": report[key] and round(report[key], 5) for key in
                             (EPOCH_FIGURES_MULTILABEL if multilabel else EPOCH_FIGURES)})
             elapsed = elapsed_before + time.perf_counter() - t0
             row.update({"train_seconds": round(train_time, 2), "elapsed_seconds": round(elapsed, 2)})
             rows.append(row)
-            _write_csv(run_dir / "results.csv", rows)
+            if world.main:
+                _write_csv(run_dir / "results.csv", rows)
             try:
                 emit({"event": "epoch", "epochs": planned, **row})
             except StopRun as stop:
                 stopped = str(stop) or "stopped by the events callable"
             meta = {**meta_base, "epoch": epoch, "metrics": {eval_name: _brief(report)} if report else {}}
-            checkpoint.save(last_path, final_model, meta)
+            save = checkpoint.save if world.main else (lambda *a: None)
+            save(last_path, final_model, meta)
             if cfg.save_period and epoch % cfg.save_period == 0:
-                checkpoint.save(run_dir / "weights" / f"epoch{epoch}.safetensors", final_model, meta)
+                save(run_dir / "weights" / f"epoch{epoch}.safetensors", final_model, meta)
             # Select only on a validation split; without one the final model is the result (never pick on test).
             improved = report is not None and eval_name == "val" and _score(report, cfg.select) > best_score
             if improved or eval_name != "val":
                 best_score = _score(report, cfg.select) if report is not None else best_score
                 best_epoch, stale = epoch, 0
-                checkpoint.save(best_path, final_model, meta)
+                save(best_path, final_model, meta)
             else:
                 stale += 1
             if cfg.time:
-                planned = _fit_to_budget(epoch, planned, elapsed, cfg.time * 3600, say)
+                planned = distributed.broadcast_int(world, _fit_to_budget(epoch, planned, elapsed, cfg.time * 3600,
+                                                                          say), device)
                 total_steps = steps_per_epoch * planned
             # Last, so a run killed before this line redoes the epoch from the previous state, exactly.
-            _save_state(state_path, model, opt, ema, scaler, gen, {
+            (_save_state if world.main else (lambda *a: None))(state_path, model, opt, ema, scaler, gen, {
                 "epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
                 "planned_epochs": planned, "elapsed": elapsed, "fingerprint": ds.fingerprint,
                 "pretrained": meta_base.get("pretrained")})
@@ -471,16 +510,18 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     except KeyboardInterrupt:
         # Keep what the interrupted epoch learnt, for inspection; the resumable state stays at the last whole
         # epoch so that --resume continues exactly.
-        checkpoint.save(last_path, ema.module if ema is not None else model,
-                        {**meta_base, "epoch": epoch, "interrupted": True, "metrics": {}})
+        if world.main:
+            checkpoint.save(last_path, ema.module if ema is not None else model,
+                            {**meta_base, "epoch": epoch, "interrupted": True, "metrics": {}})
         say(f"\ninterrupted in epoch {epoch}: its weights so far are in {last_path}; "
             f"`pigeon train --resume {run_dir}` continues after epoch {epoch - 1}")
         raise
 
+    distributed.barrier(world)  # rank 0 has written best.safetensors
     best_model, _ = checkpoint.load_model(best_path)
     best_model = best_model.to(device).to(memory_format=memory_format)
     results: dict[str, dict[str, Any] | None] = {"val": None, "test": None}
-    final_logits = {name: logits_for(best_model, ds.splits[name].images, spec, device, **eval_kw)
+    final_logits = {name: _logits(world, best_model, ds.splits[name].images, spec, device, eval_kw)
                     for name in ("val", "test") if name in ds.splits}
     calibration, thresholds = None, None
     if multilabel:
@@ -492,7 +533,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         split = ds.splits[name]
         results[name] = rep = report_for(logits, split.labels, classes, temperature,
                                          thresholds=thresholds["values"] if thresholds else None)
-        if name == eval_name and cfg.plots:
+        if name == eval_name and cfg.plots and world.main:
             _plots(run_dir, rows, rep, split, logits / temperature, classes, eval_name, best_model, spec, device)
     if calibration and results["test"] is not None:
         test_cal = results["test"]["calibration"]
@@ -501,6 +542,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
     seconds = time.perf_counter() - t0
     summary = {"best_epoch": best_epoch, "epochs_run": len(rows), "seconds": round(seconds, 2),
                "selected_on": "val" if eval_name == "val" else "final epoch", "stopped": stopped,
+               "processes": world.size,
                "val": _brief(results["val"]), "test": _brief(results["test"])}
     if hint:
         summary["hint"] = hint
@@ -512,10 +554,13 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                  else "a test/ folder (same class folders, images used for nothing else)")
         summary["caveat"] = (f"no test split: {figure} is optimistic, because {chosen} chosen on val and it is "
                              f"reported on val; add {where} for an unbiased figure")
-    write_json(run_dir / "summary.json", {**summary, "val_report": results["val"], "test_report": results["test"]})
-    checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch, "calibration": calibration,
-                                            **({"thresholds": thresholds} if thresholds else {}),
-                                            "metrics": {k: _brief(v) for k, v in results.items() if v}})
+    if world.main:
+        write_json(run_dir / "summary.json", {**summary, "val_report": results["val"],
+                                              "test_report": results["test"]})
+        checkpoint.save(best_path, best_model, {**meta_base, "epoch": best_epoch, "calibration": calibration,
+                                                **({"thresholds": thresholds} if thresholds else {}),
+                                                "metrics": {k: _brief(v) for k, v in results.items() if v}})
+    distributed.barrier(world)  # every rank returns once the run's files are final
     headline = results["test"] or results["val"]
     emit({"event": "done", "run_dir": str(run_dir), **summary})
     if headline is not None:
@@ -536,6 +581,19 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         say(f"note: {summary['caveat']}")
     return TrainResult(run_dir=run_dir, best=best_path, last=last_path, config=cfg, val=results["val"],
                        test=results["test"], epochs=len(rows), seconds=seconds)
+
+
+def _logits(world: distributed.World, model: nn.Module, images: Any, spec: Any, device: torch.device,
+            eval_kw: dict[str, Any]) -> torch.Tensor:
+    """Logits of every image: in a world of several, each rank computes its part and all gather the rest."""
+    mine = distributed.part(world, len(images))
+    return distributed.gather_rows(world, logits_for(model, images[mine], spec, device, **eval_kw), len(images))
+
+
+def _epoch_report(world: distributed.World, model: nn.Module, split: Any, classes: list[str], spec: Any,
+                  device: torch.device, eval_kw: dict[str, Any]) -> dict[str, Any]:
+    """The report of an epoch's model on the evaluated split, from which the best epoch is chosen."""
+    return report_for(_logits(world, model, split.images, spec, device, eval_kw), split.labels, classes)
 
 
 def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -170,17 +170,17 @@ def test_patience_stops_early_and_keeps_the_best(tmp_path: Path, monkeypatch: py
                                                  capsys: pytest.CaptureFixture[str], select: str,
                                                  scores: list[float]) -> None:
     """Scripted validation scores: best at epoch 2, then two epochs without improvement stop a 6-epoch run."""
-    real = train_mod.evaluate
+    real = train_mod._epoch_report
     states: list[dict[str, torch.Tensor]] = []
 
-    def scripted(model: torch.nn.Module, *args: Any, **kw: Any) -> tuple[dict[str, Any], torch.Tensor]:
-        report, logits = real(model, *args, **kw)
+    def scripted(world: Any, model: torch.nn.Module, *args: Any) -> dict[str, Any]:
+        report = real(world, model, *args)
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         if len(states) <= len(scores):
             report = {**report, select: scores[len(states) - 1]}
-        return report, logits
+        return report
 
-    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    monkeypatch.setattr(train_mod, "_epoch_report", scripted)
     result = pigeon.train(data="digits", epochs=6, batch=256, patience=2, select=select,
                           **{**FAST, "verbose": True}, project=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     assert result.epochs == 4
