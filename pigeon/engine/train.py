@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import io
@@ -253,7 +254,7 @@ def train(cfg: TrainConfig, events: Events | None = None) -> TrainResult:
         return _train(resume_config(cfg) if cfg.resume else cfg, events or (lambda e: None))
     except BaseException as err:
         if world.active:  # every rank says why it stopped, and how to go on
-            print(f"rank {world.rank} of {world.size}: stopped: {type(err).__name__}: {err}. The state after the "
+            print(f"\nrank {world.rank} of {world.size}: stopped: {type(err).__name__}: {err}. The state after the "
                   "last whole epoch is kept: continue with `pigeon train --resume <run folder>`, with any number "
                   "of processes", file=sys.stderr, flush=True)
         raise
@@ -400,6 +401,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         say(f"mixing: {' or '.join(kinds)}{', one or the other per batch' if len(kinds) > 1 else ''}; soft targets")
     epoch = int(progress_state["epoch"])
     stopped: str | None = None
+    best_copy: nn.Module | None = None
     emit({"event": "start", "run_dir": str(run_dir), "epoch": epoch, "epochs": planned, "steps": steps_per_epoch,
           "batch": batch, "images": len(labels), "history": rows})
     try:
@@ -484,6 +486,8 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
                 best_score = _score(report, cfg.select) if report is not None else best_score
                 best_epoch, stale = epoch, 0
                 save(best_path, final_model, meta)
+                if not world.main:  # its own copy: on another machine, rank 0's files may be out of reach
+                    best_copy = copy.deepcopy(final_model)
             else:
                 stale += 1
             if cfg.time:
@@ -518,7 +522,7 @@ def _train(cfg: TrainConfig, emit: Events) -> TrainResult:
         raise
 
     distributed.barrier(world)  # rank 0 has written best.safetensors
-    best_model, _ = checkpoint.load_model(best_path)
+    best_model = best_copy if best_copy is not None else checkpoint.load_model(best_path)[0]
     best_model = best_model.to(device).to(memory_format=memory_format)
     results: dict[str, dict[str, Any] | None] = {"val": None, "test": None}
     final_logits = {name: _logits(world, best_model, ds.splits[name].images, spec, device, eval_kw)
