@@ -1,8 +1,11 @@
-"""Data-parallel training under torchrun, on the CPU with the gloo backend and 2 real processes.
+"""Data-parallel training, on the CPU with the gloo backend and 2 real processes.
 
-Two launches cover the issue's promises: a whole 2-process run equals a 1-process run of the same global batch and
-seed (weights, val figures and the final reports, which also equal `pigeon val` of its checkpoint), and a rank
-killed mid-epoch ends the run on every rank with a clear message and a state that 1 process resumes.
+The processes are started as torchrun starts its workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), without
+its agent process, which would only add a third start-up of PyTorch. Two runs cover the promises: a whole 2-process
+run equals a 1-process run of the same global batch and seed (weights, val figures and the final reports, which
+also equal `pigeon val` of its checkpoint), and a rank killed mid-epoch ends the run with a clear message and a
+state that 1 process resumes. `launch` (what `pigeon train --device 0,1` calls) is checked for what it hands
+torchrun.
 """
 
 from __future__ import annotations
@@ -33,6 +36,19 @@ OPTIONS = ["--epochs", "1", "--batch", "32", "--device", "cpu", "--sync-bn", "--
 
 def _run_env(cache: Path) -> dict[str, str]:
     return {**os.environ, "PIGEON_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _workers(argv_of_rank: list[list[str]], env: dict[str, str], **popen: object) -> list[subprocess.Popen]:
+    """One process per rank, each with the variables torchrun gives its workers."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    size = len(argv_of_rank)
+    return [subprocess.Popen([sys.executable, *argv], env={
+        **env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_WORLD_SIZE": str(size),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}, **popen) for rank, argv in enumerate(argv_of_rank)]
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -70,6 +86,24 @@ def test_world_from_env_reads_torchrun_variables() -> None:
 def test_global_batch_must_split_over_the_processes() -> None:
     with pytest.raises(ConfigError, match="batch=30 .* 4 processes; use a multiple of 4, e.g. 28"):
         distributed.check_batch(distributed.World(0, 4), 30)
+
+
+def test_launch_hands_torchrun_the_processes_and_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.run as torchrun
+
+    seen = {}
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.update(vars(args), gpus=os.environ["CUDA_VISIBLE_DEVICES"]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert distributed.launch(["train", "--data", "d", "--device", "cuda"], 2, [3, 5]) == 0
+    assert (seen["nproc_per_node"], seen["standalone"], seen["module"]) == ("2", True, True)
+    assert (seen["training_script"], seen["training_script_args"]) == ("pigeon", ["train", "--data", "d", "--device",
+                                                                                 "cuda"])
+    assert seen["gpus"] == "3,5"
+
+
+def test_a_rank_stopped_by_torchrun_says_so() -> None:
+    with pytest.raises(distributed.RankStopped, match="stopped by torchrun"):
+        distributed._stopped_by_launcher(signal.SIGTERM, None)
 
 
 def test_device_lists_mean_torchrun() -> None:
@@ -117,7 +151,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple) -> Pa
 
     images, labels = digits_arrays
     root = tmp_path_factory.mktemp("ddp-data")
-    for split, (lo, hi) in {"train": (0, 900), "val": (900, 1100), "test": (1100, 1400)}.items():
+    for split, (lo, hi) in {"train": (0, 640), "val": (640, 840), "test": (840, 1040)}.items():
         for i in range(lo, hi):
             path = root / split / str(labels[i]) / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,18 +162,19 @@ def folder(tmp_path_factory: pytest.TempPathFactory, digits_arrays: tuple) -> Pa
 def test_two_processes_equal_one(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     args = ["train", "--data", str(folder), "--project", str(tmp_path), *OPTIONS]
-    # The launcher `pigeon train --device 0,1` calls, given CPU processes instead of GPUs.
-    two = subprocess.run([sys.executable, "-c", "import sys; from pigeon.engine.distributed import launch; "
-                          f"sys.exit(launch({[*args, '--name', 'two']!r}, 2))"],
-                         capture_output=True, text=True, env=_run_env(cache), timeout=240)
-    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = _workers([["-m", "pigeon", *args, "--name", "two"]] * 2, _run_env(cache), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    stdout = outputs[0][0] + outputs[1][0]
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(cache))  # the cache the 2-process run built
     one = pigeon.cli.main([*args, "--name", "one"])
     assert one == 0
 
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
-    assert [line for line in two.stdout.splitlines() if line.startswith('{"run_dir"')].__len__() == 1  # rank 0
-    assert "data parallel: 2 processes (cpu), each 16 of the global batch of 32" in two.stdout
+    assert len([line for line in stdout.splitlines() if line.startswith('{"run_dir"')]) == 1  # rank 0 only
+    assert "data parallel: 2 processes (cpu), each 16 of the global batch of 32" in outputs[0][0]
+    assert not outputs[1][0]  # rank 1 prints nothing
     a, b = load_file(str(one_dir / "weights" / "last.safetensors")), load_file(str(two_dir / "weights" /
                                                                                     "last.safetensors"))
     assert a.keys() == b.keys()
@@ -192,24 +227,25 @@ def test_a_rank_that_dies_ends_the_run_on_every_rank_and_one_process_resumes(
         folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache, marker, script = tmp_path / "cache", tmp_path / "rank1.pid", tmp_path / "child.py"
     script.write_text(CHILD)
-    steps_per_epoch = 900 // 32
+    steps_per_epoch = 640 // 32
     args = ["train", "--data", str(folder), "--project", str(tmp_path), "--name", "run", *OPTIONS[2:],
             "--epochs", "2"]
-    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 "--nproc-per-node", "2", str(script), str(marker), str(steps_per_epoch + 5), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_run_env(cache))
+    rank0, rank1 = _workers([["-m", "pigeon", *args], [str(script), str(marker), str(steps_per_epoch + 5), *args]],
+                            _run_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
         while not marker.exists() or not marker.read_text():
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert rank0.poll() is None and rank1.poll() is None, rank0.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "rank 1 never reached the step to die at"
             time.sleep(0.05)
         os.kill(int(marker.read_text()), signal.SIGKILL)  # a real SIGKILL: the rank dies without a word
-        out, err = launcher.communicate(timeout=120)
+        out, err = rank0.communicate(timeout=120)
+        rank1.communicate(timeout=60)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode != 0
+        for rank in (rank0, rank1):
+            if rank.poll() is None:
+                rank.kill()
+    assert rank0.returncode != 0 and rank1.returncode == -signal.SIGKILL
     assert "rank 0 of 2: stopped" in err, err[-3000:]
     assert "continue with `pigeon train --resume <run folder>`, with any number of processes" in err
     run_dir = tmp_path / "run"
